@@ -1,0 +1,42 @@
+# Two commands for a newcomer: `make run` (the study) and `make test` (the test suite).
+# Both create the local virtual environment .venv from requirements.txt when missing.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+SNAKEMAKE_ARGS ?=
+# Offline machines: use the Omniglot mirror beside the checkout when there is one.
+ifeq ($(origin OMNIGLOT_MIRROR), undefined)
+ifneq ($(wildcard ../shared/omniglot/MD5SUMS),)
+export OMNIGLOT_MIRROR := $(abspath ../shared/omniglot)
+endif
+endif
+
+.PHONY: run test venv venv-nt report dry-run lint clean
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --report results/report.html $(SNAKEMAKE_ARGS)
+
+dry-run: venv
+	$(BIN)/snakemake --dry-run $(SNAKEMAKE_ARGS)
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,17 @@
+"""Rule make_tasks: sample one experiment's train/val/test tasks as index arrays."""
+
+from mnk.io import load_npz, save_npz
+from mnk.runtime import logged_run
+from mnk.tasks import TaskSpec, make_tasks
+
+with logged_run(snakemake.log[0], "make_tasks") as log:
+    spec = TaskSpec(**snakemake.params.spec)
+    data = load_npz(snakemake.input.data)
+    tasks = make_tasks(data["character"], data["drawer"], data["split"], spec)
+    log.info(
+        "%d train tasks over %d images, %d val, %d test tasks",
+        len(tasks["train_support"]), spec.n_train_images,
+        len(tasks["val_support"]), len(tasks["test_support"]),
+    )
+    save_npz(snakemake.output.tasks, **tasks)
+    save_npz(snakemake.output.images, images=data["images"][tasks["image_ids"]])

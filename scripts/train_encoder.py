@@ -1,0 +1,25 @@
+"""Rule train_encoder: the original code's CNN label encoder, on training characters only."""
+
+import numpy as np
+import torch
+
+from mnk.encoder import save_encoder, train_label_encoder
+from mnk.io import load_npz
+from mnk.runtime import logged_run, resolve_device
+
+with logged_run(snakemake.log[0], "train_encoder") as log:
+    torch.set_num_threads(snakemake.threads)
+    tasks = load_npz(snakemake.input.tasks)
+    n_train = int(tasks["n_train_images"])
+    images = load_npz(snakemake.input.images)["images"][:n_train]
+    # Training images are stored character by character, the same count for each.
+    per_character = n_train // len(tasks["train_characters"])
+    labels = np.repeat(np.arange(len(tasks["train_characters"])), per_character)
+    cfg = snakemake.params.encoder
+    model, history = train_label_encoder(
+        images, labels, width=cfg["width"], epochs=cfg["epochs"], lr=cfg["lr"],
+        batch_size=cfg["batch_size"], seed=snakemake.params.seed,
+        device=resolve_device(snakemake.params.device),
+    )
+    log.info("encoder history: %s", history)
+    save_encoder(model, snakemake.output[0])

@@ -1,0 +1,34 @@
+"""Rule train_meta_learner: MAML or iMAML on the experiment's tasks."""
+
+import torch
+
+from mnk.io import atomic_path, load_npz, save_json
+from mnk.maml import train_and_evaluate
+from mnk.runtime import device_name, git_revision, logged_run, resolve_device
+
+with logged_run(snakemake.log[0], f"train_{snakemake.wildcards.method}") as log:
+    torch.set_num_threads(snakemake.threads)
+    device = resolve_device(snakemake.params.device)
+    tasks = load_npz(snakemake.input.tasks)
+    images = load_npz(snakemake.input.images)["images"]
+    metrics, checkpoint = train_and_evaluate(
+        images,
+        tasks,
+        method=snakemake.wildcards.method,
+        options=snakemake.params.options,
+        seed=snakemake.params.experiment["seed"],
+        device=device,
+        log=log,
+    )
+    metrics.update(
+        method=snakemake.wildcards.method,
+        experiment=snakemake.wildcards.exp,
+        **snakemake.params.experiment,
+        n_train_tasks=len(tasks["train_support"]),
+        device_name=device_name(device),
+        git_revision=git_revision(),
+    )
+    log.info("test accuracy %.4f [%.4f, %.4f]", metrics["accuracy"], metrics["ci95_low"], metrics["ci95_high"])
+    with atomic_path(snakemake.output.checkpoint, suffix=".pt") as tmp:
+        torch.save(checkpoint, tmp)
+    save_json(snakemake.output.metrics, metrics)

@@ -1,0 +1,307 @@
+"""Omniglot: download (official URL or a local mirror), safe extraction, preprocessing.
+
+The preprocessed file holds every Omniglot image once, as 28x28 float32 arrays with
+strokes = 1 and background = 0, plus alphabet / character / drawer ids and the official
+background/evaluation split. Padding and standardisation are per-experiment choices and are
+applied downstream (`transform_images`), so one preprocessed file serves every experiment.
+
+Character order (global character ids 0..1622): the background archive first, then the
+evaluation archive; within each, alphabets sorted by name, then character folders sorted
+by name. This order defines the original code's split (first 1200 characters train).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import shutil
+import stat
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from mnk.io import atomic_path, save_npz
+
+log = logging.getLogger("mnk.data")
+
+ARCHIVES = ("images_background", "images_evaluation")
+OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
+# md5 of the official archives (what a download from OFFICIAL_URL gives).
+OFFICIAL_MD5 = {
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+# What a complete Omniglot holds; preprocessing fails loudly on anything else.
+EXPECTED_COUNTS = {
+    "images_background": {"alphabets": 30, "characters": 964, "images": 19280},
+    "images_evaluation": {"alphabets": 20, "characters": 659, "images": 13180},
+}
+MIRROR_ENV = "OMNIGLOT_MIRROR"
+RESAMPLE_FILTERS = ("lanczos", "bicubic", "bilinear", "box", "nearest")
+
+
+class DataError(RuntimeError):
+    """Bad or corrupt input data: the message names the file and the problem."""
+
+
+# --------------------------------------------------------------------------- download
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an archive comes from: a URL or a mirror file, and its expected digest."""
+
+    location: str
+    algorithm: str
+    digest: str
+
+    @property
+    def is_url(self) -> bool:
+        return self.location.startswith(("http://", "https://"))
+
+
+def read_checksum_file(path: Path) -> dict[str, str]:
+    """Parse an `md5sum`/`sha256sum` style file: '<digest>  <file name>' per line."""
+    sums = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            sums[parts[1].lstrip("*")] = parts[0].lower()
+    return sums
+
+
+def resolve_source(name: str, source: str = "official", mirror: str | None = None) -> Source:
+    """The source of archive `name`. `$OMNIGLOT_MIRROR`, when set, overrides the config."""
+    if name not in ARCHIVES:
+        raise ValueError(f"unknown Omniglot archive {name!r}; expected one of {ARCHIVES}")
+    env_mirror = os.environ.get(MIRROR_ENV)
+    if env_mirror:
+        source, mirror = "mirror", env_mirror
+    if source == "official":
+        return Source(OFFICIAL_URL.format(name=name), "md5", OFFICIAL_MD5[name])
+    if source != "mirror":
+        raise ValueError(f"data.source must be 'official' or 'mirror', got {source!r}")
+    if not mirror:
+        raise ValueError("data.source is 'mirror' but no mirror folder is given (data.mirror)")
+    folder = Path(mirror)
+    if not folder.is_dir():
+        raise DataError(f"Omniglot mirror folder {folder} does not exist")
+    file_name = f"{name}.zip"
+    for algorithm, sums_name in (("sha256", "SHA256SUMS"), ("md5", "MD5SUMS")):
+        sums_path = folder / sums_name
+        if sums_path.is_file():
+            sums = read_checksum_file(sums_path)
+            if file_name in sums:
+                return Source(str(folder / file_name), algorithm, sums[file_name])
+    raise DataError(
+        f"mirror {folder} has no checksum for {file_name} (expected SHA256SUMS or MD5SUMS)"
+    )
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch_url(url: str, target: Path, retries: int, backoff: float) -> None:
+    for attempt in range(1, retries + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+                shutil.copyfileobj(response, out, 1 << 20)
+            return
+        except (urllib.error.URLError, OSError, TimeoutError) as error:
+            if attempt == retries:
+                raise DataError(f"could not download {url} after {retries} tries: {error}") from error
+            wait = backoff * 2 ** (attempt - 1)
+            log.warning("download of %s failed (%s); retry %d/%d in %.0f s", url, error, attempt, retries, wait)
+            time.sleep(wait)
+
+
+def download_archive(
+    name: str,
+    destination: str | os.PathLike,
+    *,
+    source: str = "official",
+    mirror: str | None = None,
+    retries: int = 4,
+    backoff: float = 5.0,
+) -> Path:
+    """Fetch archive `name` to `destination`, verified; nothing half-written is left behind."""
+    src = resolve_source(name, source, mirror)
+    destination = Path(destination)
+    log.info("fetching %s from %s (%s %s)", name, src.location, src.algorithm, src.digest)
+    with atomic_path(destination, suffix=".zip") as tmp:
+        if src.is_url:
+            _fetch_url(src.location, tmp, retries, backoff)
+        else:
+            shutil.copyfile(src.location, tmp)
+        actual = file_digest(tmp, src.algorithm)
+        if actual != src.digest:
+            size = tmp.stat().st_size
+            raise DataError(
+                f"checksum mismatch for {name}.zip from {src.location}: expected {src.algorithm} "
+                f"{src.digest}, got {actual} ({size} bytes; truncated or corrupt download). "
+                f"Nothing was written to {destination}."
+            )
+    return destination
+
+
+# ------------------------------------------------------------------ safe extraction
+
+
+def _check_member(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
+    """Reject members that could land outside the target folder (zip-slip) or are links."""
+    name = info.filename
+    path = PurePosixPath(name)
+    mode = info.external_attr >> 16
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or path.is_absolute():
+        raise DataError(f"{archive.name}: member {name!r} has an absolute path; refusing to extract")
+    if ".." in path.parts or "\\" in name:
+        raise DataError(f"{archive.name}: member {name!r} escapes the target folder; refusing to extract")
+    if stat.S_ISLNK(mode):
+        raise DataError(f"{archive.name}: member {name!r} is a symbolic link; refusing to extract")
+    return path
+
+
+def iter_archive_pngs(archive: str | os.PathLike):
+    """Yield (alphabet, character, file name, png bytes) for every image in an archive.
+
+    Reads members in memory after validating every member name, so nothing is ever
+    written to disk, let alone outside a target folder.
+    """
+    archive = Path(archive)
+    try:
+        zf = zipfile.ZipFile(archive)
+    except zipfile.BadZipFile as error:
+        raise DataError(f"{archive} is not a valid zip archive ({error}); delete it and download again") from error
+    with zf:
+        members = [(_check_member(info, archive), info) for info in zf.infolist()]
+        for path, info in sorted(members, key=lambda item: item[0].parts):
+            if info.is_dir() or path.suffix.lower() != ".png":
+                continue
+            if len(path.parts) != 4:
+                raise DataError(f"{archive.name}: unexpected member layout {info.filename!r}")
+            _, alphabet, character, file_name = path.parts
+            try:
+                payload = zf.read(info)
+            except (zipfile.BadZipFile, EOFError, OSError) as error:
+                raise DataError(f"{archive.name}: member {info.filename!r} is corrupt ({error})") from error
+            yield alphabet, character, file_name, payload
+
+
+def extract_archive(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Extract all members under `target`, after checking that none escapes it."""
+    archive, target = Path(archive), Path(target).resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            path = _check_member(info, archive)
+            destination = (target / path).resolve()
+            if target not in destination.parents and destination != target:
+                raise DataError(f"{archive.name}: member {info.filename!r} escapes {target}")
+        zf.extractall(target)
+    return target
+
+
+# -------------------------------------------------------------------- preprocessing
+
+
+def image_to_array(png: bytes, size: int = 28, resample: str = "lanczos") -> np.ndarray:
+    """105x105 1-bit PNG -> (size, size) float32, strokes 1, background 0.
+
+    Converted to 8-bit grey, resized with the named PIL filter (default Lanczos, which
+    antialiases; the original code used PIL `resize` then `/255`), divided by 255 and
+    inverted so that the background is exactly zero (the CNTK pads with zeros).
+    """
+    from PIL import Image
+
+    if resample not in RESAMPLE_FILTERS:
+        raise ValueError(f"resample must be one of {RESAMPLE_FILTERS}, got {resample!r}")
+    image = Image.open(io.BytesIO(png)).convert("L")
+    image = image.resize((size, size), getattr(Image.Resampling, resample.upper()))
+    return 1.0 - np.asarray(image, dtype=np.float32) / 255.0
+
+
+def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resample: str = "lanczos",
+               progress: bool = True) -> dict[str, np.ndarray]:
+    """Both archives -> arrays: images, alphabet, character, drawer, split and names."""
+    from tqdm import tqdm
+
+    images, alphabet_ids, character_ids, drawers, splits = [], [], [], [], []
+    alphabet_names: list[str] = []
+    character_names: list[str] = []
+    for split_id, name in enumerate(ARCHIVES):
+        path = Path(archives[name])
+        seen_alphabets, seen_characters, count = set(), set(), 0
+        expected = EXPECTED_COUNTS[name]
+        for alphabet, character, file_name, payload in tqdm(
+            iter_archive_pngs(path), total=expected["images"], desc=name, disable=not progress
+        ):
+            key = f"{name}/{alphabet}/{character}"
+            if alphabet not in seen_alphabets:
+                seen_alphabets.add(alphabet)
+                alphabet_names.append(f"{name}/{alphabet}")
+            if key not in seen_characters:
+                seen_characters.add(key)
+                character_names.append(key)
+            match = re.fullmatch(r"\d+_(\d+)\.png", file_name)
+            if not match:
+                raise DataError(f"{path.name}: unexpected image name {file_name!r} in {key}")
+            images.append(image_to_array(payload, size, resample))
+            alphabet_ids.append(len(alphabet_names) - 1)
+            character_ids.append(len(character_names) - 1)
+            drawers.append(int(match.group(1)))
+            splits.append(split_id)
+            count += 1
+        found = {"alphabets": len(seen_alphabets), "characters": len(seen_characters), "images": count}
+        if found != expected:
+            raise DataError(
+                f"{path.name}: expected {expected}, found {found}; the archive is incomplete or "
+                "not the official Omniglot"
+            )
+        log.info("%s: %s", name, found)
+    return {
+        "images": np.stack(images).astype(np.float32),
+        "alphabet": np.asarray(alphabet_ids, dtype=np.int16),
+        "character": np.asarray(character_ids, dtype=np.int16),
+        "drawer": np.asarray(drawers, dtype=np.int8),
+        "split": np.asarray(splits, dtype=np.int8),
+        "alphabet_names": np.asarray(alphabet_names),
+        "character_names": np.asarray(character_names),
+    }
+
+
+def write_preprocessed(path: str | os.PathLike, data: dict[str, np.ndarray]) -> None:
+    save_npz(path, **data)
+
+
+# -------------------------------------------------------- per-experiment transforms
+
+
+def transform_images(images: np.ndarray, *, pad: int = 0, standardize: bool = False,
+                     reference: np.ndarray | None = None) -> np.ndarray:
+    """Zero-pad by `pad` pixels per side, then optionally standardise.
+
+    Standardisation uses one scalar mean and std computed on `reference` (the experiment's
+    training images only, so nothing about test characters leaks into the inputs).
+    """
+    out = np.asarray(images, dtype=np.float32)
+    if pad:
+        out = np.pad(out, [(0, 0)] * (out.ndim - 2) + [(pad, pad), (pad, pad)])
+    if standardize:
+        ref = out if reference is None else transform_images(reference, pad=pad)
+        mean, std = float(ref.mean()), float(ref.std())
+        if not std > 0:
+            raise DataError("cannot standardise: the reference images have zero variance")
+        out = (out - mean) / std
+    return out

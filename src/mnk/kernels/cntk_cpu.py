@@ -1,0 +1,299 @@
+r"""Exact convolutional NTK (CNTK) on the CPU: numba, parallel over pairs.
+
+Semantics (Arora et al. 2019, "On Exact Computation with an Infinitely Wide Neural Net",
+code ``ruosongwang/CNTK``, functions ``conv3``/``trans``/``xx``/``xz``; reproduced here
+exactly, in float64)
+---------------------------------------------------------------------------------------
+Images ``x, z`` have C channels and P = H*W pixels; p, q index pixels; ``B`` is the
+3x3 "conv" of a 4-D kernel with zero SAME padding, applied to both pixels at once::
+
+    B[A](p, q) = sum_{d in {-1,0,1}^2} A(p + d, q + d)      (A = 0 outside the image)
+
+Recursion, ``depth`` = number of 3x3 conv layers + 1 (depth >= 2)::
+
+    Sigma^1(p, q) = B[ sum_c x_c(p) z_c(q) ]
+    Theta^1       = Sigma^1            (0 if fix)
+    for h = 1 .. depth-1:
+        lx(p) = sqrt(Sigma^h(x, x)(p, p)),  lz(q) = sqrt(Sigma^h(z, z)(q, q))
+        c     = clip(Sigma^h(p, q) / (lx(p) lz(q)), -1, 1)   (c = 0 where lx lz = 0)
+        S~    = (c (pi - arccos c) + sqrt(1 - c^2)) lx(p) lz(q) / (9 pi)
+        D~    = (pi - arccos c) / (9 pi)
+        T~    = Theta^h D~ + S~
+        if h < depth-1:  Sigma^{h+1} = B[S~],  Theta^{h+1} = B[T~]
+    T = T~ - S~ if fix else T~                                   (last h = depth-1)
+    K(x, z) = mean_{p,q} T(p, q)  if gap   else   sum_p T(p, p)  (trace)
+
+The 1/(9 pi) is Arora's constant 28.274333882308138 = 9 pi: ReLU with c_sigma = 2 and a
+1/9 for the 3x3 window.  ``Sigma^h(x, x)(p, p)`` follows the same recursion on the
+diagonal with c = 1 (then S~ = lx^2 / 9).  In the original code a zero variance gives
+0 * inf = NaN; here the correlation is then 0, which is what neural-tangents does and
+cannot change the result: Sigma and Theta vanish wherever lx(p) = 0, so D~ there is
+multiplied by 0.  On the diagonal K(x, x) the correlation on p == q is set to exactly 1
+(otherwise rounding of c to 1 - 1 ulp moves arccos by ~1e-8).
+
+Equivalent neural-tangents network (parameterization 'ntk', no bias, NHWC)::
+
+    stax.serial(Conv(k, (3,3), padding='SAME', W_std=sqrt(2 C)), Relu(),
+                [Conv(k, (3,3), padding='SAME', W_std=sqrt(2)), Relu()] * (depth - 2),
+                GlobalAvgPool(), Dense(1, W_std=1))
+
+neural-tangents divides the input covariance by C and each conv by its 9 taps, so its
+first layer is (2/9) Arora's Sigma^1 while its final Dense(W_std=1) is (9/2) times
+Arora's last ReLU step (which carries the 1/9 of a conv that never comes); the two factors
+cancel and the kernels agree exactly.  For ``gap=False`` replace ``GlobalAvgPool()`` by
+``Flatten()`` and use ``Dense(1, W_std=sqrt(P))`` (Flatten averages the diagonal over P,
+Arora sums it).  ``fix=True``: no gradient from the first conv (its NTK contribution is
+Sigma^1) and from the last layer (its NTK contribution is the output NNGP).
+
+Algorithm
+---------
+The 4-D recursion only couples entries with the same offset r = q - p, so it splits into
+(2H-1)(2W-1) independent 2-D slices ``s_r(p) = Sigma(p, p + r)``, each living on the
+(H-|r_y|) x (W-|r_x|) rectangle where both pixels exist; ``B`` becomes a zero-padded 3x3
+box filter on that rectangle (done separably), and the ReLU step is elementwise.  All
+layers of one slice stay in L1 cache.  ``lx``/``lz`` per layer are computed once per
+image from the zero-offset slice only (O(depth P)).  ``gap=False`` needs only r = 0.
+Per pair the cost is O(depth P^2) (gap) or O(depth P) (trace); pairs run in parallel with
+numba ``prange`` (thread count: ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``).
+The arc-cosine is :func:`mnk.kernels._acos.pi_minus_acos` so the inner loop vectorises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from mnk.kernels._acos import pi_minus_acos
+from mnk.kernels._validate import as_images, check_depth
+
+__all__ = ["cntk_gram_cpu", "image_layer_norms"]
+
+_NINE_PI = 9.0 * math.pi
+_INV_NINE_PI = 1.0 / (9.0 * math.pi)
+_PI = math.pi
+
+# Memory allowed for the per-image layer norms of one chunk of images (bytes).
+_CHUNK_BYTES = 256 * 2**20
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _box3(A, HB, h, w):
+    """In place: A[1:h+1, 1:w+1] <- 3x3 box sum of itself, zero outside (A has a zero border)."""
+    for u in range(1, h + 1):
+        for v in range(w):
+            HB[u, v] = A[u, v] + A[u, v + 1] + A[u, v + 2]
+    for u in range(h):
+        for v in range(w):
+            A[u + 1, v + 1] = HB[u, v] + HB[u + 1, v] + HB[u + 2, v]
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def image_layer_norms(X, depth):
+    """``L[n, h-1] = sqrt(Sigma^h(x_n, x_n)(p, p))`` for h = 1..depth-1, and ``1/L`` (0 where L = 0).
+
+    X: float64 (n, C, H, W).  Returns (L, iL), each float64 (n, depth-1, H, W).
+    """
+    n, C, H, W = X.shape
+    L = np.empty((n, depth - 1, H, W))
+    iL = np.empty((n, depth - 1, H, W))
+    for k in prange(n):
+        A = np.zeros((H + 2, W + 2))
+        HB = np.zeros((H + 2, W))
+        for u in range(H):
+            for v in range(W):
+                acc = 0.0
+                for c in range(C):
+                    acc += X[k, c, u, v] * X[k, c, u, v]
+                A[u + 1, v + 1] = acc
+        _box3(A, HB, H, W)
+        for h in range(depth - 1):
+            for u in range(H):
+                for v in range(W):
+                    l = math.sqrt(A[u + 1, v + 1])
+                    L[k, h, u, v] = l
+                    iL[k, h, u, v] = 1.0 / l if l > 0.0 else 0.0
+                    # c = 1: S~ = (1 * (pi - 0) + 0) l l / (9 pi)
+                    A[u + 1, v + 1] = (_PI + 0.0) * (l * l) / _NINE_PI
+            if h < depth - 2:
+                _box3(A, HB, H, W)
+    return L, iL
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _box3_flat(A, HB, h, w):
+    """In place 3x3 box sum on the flat padded grid A ((h+2) x (w+2), zero border kept)."""
+    P = w + 2
+    n = (h + 2) * P
+    HB[0] = 0.0
+    HB[n - 1] = 0.0
+    for k in range(1, n - 1):
+        HB[k] = A[k - 1] + A[k] + A[k + 1]
+    for k in range(P, (h + 1) * P):
+        A[k] = HB[k - P] + HB[k] + HB[k + P]
+    for u in range(1, h + 1):
+        A[u * P] = 0.0
+        A[u * P + w + 1] = 0.0
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _slice_sum(x, z, Lx, iLx, Lz, iLz, a, b, force, depth, fix, S, T, HB, LL, ILL):
+    """Sum over the offset-(a, b) slice of the final NTK (minus NNGP if fix) for one pair.
+
+    The slice lives on the h x w rectangle of pixels p with p and p + (a, b) both in the
+    image; it is stored flat on a zero-bordered (h+2) x (w+2) grid so every pass is one
+    long vectorisable loop (the border has LL = ILL = 0 and so stays exactly 0).
+    """
+    C, H, W = x.shape
+    i0 = -a if a < 0 else 0
+    j0 = -b if b < 0 else 0
+    h = H - abs(a)
+    w = W - abs(b)
+    P = w + 2
+    n = (h + 2) * P
+    for k in range(n):
+        S[k] = 0.0
+        LL[k] = 0.0
+        ILL[k] = 0.0
+    # Sigma^0 on the slice, then the first conv
+    for u in range(h):
+        for v in range(w):
+            acc = 0.0
+            for c in range(C):
+                acc += x[c, i0 + u, j0 + v] * z[c, i0 + u + a, j0 + v + b]
+            S[(u + 1) * P + v + 1] = acc
+    _box3_flat(S, HB, h, w)
+    if fix:
+        for k in range(n):
+            T[k] = 0.0
+    else:
+        for k in range(n):
+            T[k] = S[k]
+    lo = P
+    hi = (h + 1) * P
+    total = 0.0
+    for layer in range(depth - 1):
+        for u in range(h):
+            base = (u + 1) * P + 1
+            for v in range(w):
+                LL[base + v] = Lx[layer, i0 + u, j0 + v] * Lz[layer, i0 + u + a, j0 + v + b]
+                ILL[base + v] = iLx[layer, i0 + u, j0 + v] * iLz[layer, i0 + u + a, j0 + v + b]
+        if layer < depth - 2:
+            for k in range(lo, hi):
+                c = S[k] * ILL[k]
+                c = 1.0 if c > 1.0 else c
+                c = -1.0 if c < -1.0 else c
+                if force:
+                    c = 1.0
+                pm = pi_minus_acos(c)
+                bs = (c * pm + math.sqrt(1.0 - c * c)) * LL[k] * _INV_NINE_PI
+                T[k] = T[k] * (pm * _INV_NINE_PI) + bs
+                S[k] = bs
+            _box3_flat(S, HB, h, w)
+            _box3_flat(T, HB, h, w)
+        else:  # last ReLU step: only the sum is needed
+            for k in range(lo, hi):
+                c = S[k] * ILL[k]
+                c = 1.0 if c > 1.0 else c
+                c = -1.0 if c < -1.0 else c
+                if force:
+                    c = 1.0
+                pm = pi_minus_acos(c)
+                bs = (c * pm + math.sqrt(1.0 - c * c)) * LL[k] * _INV_NINE_PI
+                tk = T[k] * (pm * _INV_NINE_PI) + bs
+                S[k] = tk - bs if fix else tk
+            for k in range(lo, hi):
+                total += S[k]
+    return total
+
+
+@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+def _pairs_kernel(X, Z, LX, iLX, LZ, iLZ, pi, pj, same, depth, gap, fix):
+    """K for the pairs (X[pi[k]], Z[pj[k]]); returns float64 (len(pi),)."""
+    npairs = pi.shape[0]
+    C, H, W = X.shape[1], X.shape[2], X.shape[3]
+    out = np.empty(npairs)
+    rng_a = H - 1 if gap else 0
+    rng_b = W - 1 if gap else 0
+    norm = float(H * W) * float(H * W) if gap else 1.0
+    for k in prange(npairs):
+        nbuf = (H + 2) * (W + 2)
+        S = np.empty(nbuf)
+        T = np.empty(nbuf)
+        HB = np.empty(nbuf)
+        LL = np.empty(nbuf)
+        ILL = np.empty(nbuf)
+        i = pi[k]
+        j = pj[k]
+        total = 0.0
+        for a in range(-rng_a, rng_a + 1):
+            for b in range(-rng_b, rng_b + 1):
+                force = same[k] and a == 0 and b == 0
+                total += _slice_sum(X[i], Z[j], LX[i], iLX[i], LZ[j], iLZ[j], a, b, force, depth, fix, S, T, HB, LL, ILL)
+        out[k] = total / norm
+    return out
+
+
+def _image_keys(X: np.ndarray, Z: np.ndarray | None):
+    """Integer ids such that equal ids <=> bitwise-identical images."""
+    ids: dict[bytes, int] = {}
+    kx = np.array([ids.setdefault(x.tobytes(), len(ids)) for x in X], dtype=np.int64)
+    if Z is None:
+        return kx, kx
+    kz = np.array([ids.setdefault(z.tobytes(), len(ids)) for z in Z], dtype=np.int64)
+    return kx, kz
+
+
+def _chunks(n: int, size: int):
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def cntk_gram_cpu(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False) -> np.ndarray:
+    """CNTK Gram matrix on the CPU; see the module docstring for the exact definition.
+
+    X, Z: (n, H, W) or (n, C, H, W).  Z=None: symmetric, only the lower triangle is
+    computed and mirrored.  Returns float64 (len(X), len(Z)).
+    """
+    depth = check_depth(depth)
+    gap = bool(gap)
+    fix = bool(fix)
+    X = as_images(X, "X")
+    symmetric = Z is None
+    Zi = X if symmetric else as_images(Z, "Z")
+    if Zi.shape[1:] != X.shape[1:]:
+        raise ValueError(f"X and Z must have the same (C, H, W); got {X.shape[1:]} and {Zi.shape[1:]}")
+    n, m = len(X), len(Zi)
+    K = np.empty((n, m), dtype=np.float64)
+    if n == 0 or m == 0:
+        return K
+    kx, kz = _image_keys(X, None if symmetric else Zi)
+    _, _, H, W = X.shape
+    per_image = 2 * (depth - 1) * H * W * 8
+    csize = max(1, _CHUNK_BYTES // (2 * per_image))
+    xch = _chunks(n, csize)
+    zch = xch if symmetric else _chunks(m, csize)
+    for ci, (x0, x1) in enumerate(xch):
+        LX, iLX = image_layer_norms(X[x0:x1], depth)
+        for cj, (z0, z1) in enumerate(zch):
+            if symmetric and cj > ci:
+                break
+            if symmetric and cj == ci:
+                LZ, iLZ = LX, iLX
+                ii, jj = np.tril_indices(x1 - x0)
+            else:
+                LZ, iLZ = image_layer_norms(Zi[z0:z1], depth)
+                ii, jj = np.indices((x1 - x0, z1 - z0)).reshape(2, -1)
+            ii = np.ascontiguousarray(ii, dtype=np.int64)
+            jj = np.ascontiguousarray(jj, dtype=np.int64)
+            same = kx[x0 + ii] == kz[z0 + jj]
+            vals = _pairs_kernel(
+                X[x0:x1], Zi[z0:z1], LX, iLX, LZ, iLZ, ii, jj, same, depth, gap, fix
+            )
+            K[x0 + ii, z0 + jj] = vals
+    if symmetric:
+        iu = np.triu_indices(n, 1)
+        K[iu] = K.T[iu]
+    if not np.all(np.isfinite(K)):  # cannot happen for finite input; never return NaN silently
+        raise FloatingPointError("cntk_gram_cpu produced non-finite values (overflow in the input scale?)")
+    return K

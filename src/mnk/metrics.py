@@ -1,0 +1,56 @@
+"""Few-shot evaluation metrics shared by MNK, MAML and iMAML.
+
+The reported number is the mean per-task accuracy over the test tasks with a normal
+95% confidence interval, mean +/- 1.96 * std / sqrt(n_tasks) (std with ddof=0, as
+``np.std``, the convention of the few-shot literature and of the original code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["accuracy_ci", "per_task_accuracy"]
+
+Z95 = 1.96
+
+
+def per_task_accuracy(pred_labels, true_labels) -> np.ndarray:
+    """Fraction of correct labels per task.
+
+    pred_labels, true_labels: integer arrays of shape (n_tasks, n_query) (a 1-D array is
+    one task). Returns float64 array of shape (n_tasks,).
+    """
+    pred = np.asarray(pred_labels)
+    true = np.asarray(true_labels)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred_labels shape {pred.shape} != true_labels shape {true.shape}")
+    if pred.ndim == 1:
+        pred, true = pred[None], true[None]
+    if pred.ndim != 2 or pred.shape[1] == 0:
+        raise ValueError(f"expected labels of shape (n_tasks, n_query>0), got {pred.shape}")
+    return (pred == true).mean(axis=1).astype(np.float64)
+
+
+def accuracy_ci(per_task_accuracy) -> dict:
+    """Mean accuracy over tasks with a 95% confidence interval.
+
+    Returns ``dict(accuracy, ci95_low, ci95_high, n_tasks)`` with plain Python floats/int
+    (JSON-serialisable). accuracy = mean; half-width = 1.96 * std(ddof=0) / sqrt(n).
+    A single task gives a zero-width interval.
+    """
+    acc = np.asarray(per_task_accuracy, dtype=np.float64).ravel()
+    if acc.size == 0:
+        raise ValueError("accuracy_ci: no tasks (empty per-task accuracy array)")
+    if not np.all(np.isfinite(acc)):
+        raise ValueError("accuracy_ci: per-task accuracies contain NaN/inf")
+    n = int(acc.size)
+    mean = float(acc.mean())
+    half = float(Z95 * acc.std() / math.sqrt(n))
+    return {
+        "accuracy": mean,
+        "ci95_low": mean - half,
+        "ci95_high": mean + half,
+        "n_tasks": n,
+    }

@@ -1,0 +1,169 @@
+"""Download, checksum, safe extraction and preprocessing of Omniglot."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from mnk import data
+from mnk.data import DataError
+
+
+def _copy_mirror(mirror, tmp_path, corrupt=None, truncate=None):
+    """A writable copy of the mirror, optionally with a corrupted or truncated archive."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    for name in ("MD5SUMS", "SHA256SUMS", "images_background.zip", "images_evaluation.zip"):
+        shutil.copyfile(mirror / name, folder / name)
+        (folder / name).chmod(0o644)
+    if corrupt:
+        raw = bytearray((folder / corrupt).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (folder / corrupt).write_bytes(bytes(raw))
+    if truncate:
+        raw = (folder / truncate).read_bytes()
+        (folder / truncate).write_bytes(raw[: len(raw) // 3])
+    return folder
+
+
+def test_mirror_download_verifies_and_writes(mirror, tmp_path):
+    out = data.download_archive("images_evaluation", tmp_path / "out" / "e.zip", source="mirror", mirror=str(mirror))
+    expected = (mirror / "SHA256SUMS").read_text().split()[2]
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == expected
+    assert oct(out.stat().st_mode & 0o777) != oct(0o600)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncate"])
+def test_checksum_failure_names_file_and_both_sums_and_leaves_nothing(mirror, tmp_path, damage):
+    folder = _copy_mirror(mirror, tmp_path, **{damage: "images_evaluation.zip"})
+    target = tmp_path / "out" / "images_evaluation.zip"
+    with pytest.raises(DataError) as error:
+        data.download_archive("images_evaluation", target, source="mirror", mirror=str(folder))
+    message = str(error.value)
+    expected = data.read_checksum_file(folder / "SHA256SUMS")["images_evaluation.zip"]
+    actual = hashlib.sha256((folder / "images_evaluation.zip").read_bytes()).hexdigest()
+    assert "images_evaluation.zip" in message and expected in message and actual in message
+    assert list((tmp_path / "out").iterdir()) == []  # no temp file, no half-written archive
+
+
+def test_env_mirror_overrides_config(mirror, monkeypatch):
+    monkeypatch.setenv("OMNIGLOT_MIRROR", str(mirror))
+    src = data.resolve_source("images_background", source="official")
+    assert src.location == str(mirror / "images_background.zip") and src.algorithm == "sha256"
+    monkeypatch.delenv("OMNIGLOT_MIRROR")
+    src = data.resolve_source("images_background", source="official")
+    assert src.is_url and src.digest == "68d2efa1b9178cc56df9314c21c6e718"
+
+
+def test_official_download_retries_then_fails_cleanly(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMNIGLOT_MIRROR", raising=False)
+    calls = []
+
+    def refuse(url, timeout):
+        calls.append(url)
+        raise data.urllib.error.URLError("network unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", refuse)
+    with pytest.raises(DataError, match="after 3 tries"):
+        data.download_archive("images_background", tmp_path / "b.zip", retries=3, backoff=0)
+    assert len(calls) == 3 and not (tmp_path / "b.zip").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mirror_without_checksums_is_rejected(tmp_path):
+    with pytest.raises(DataError, match="no checksum"):
+        data.resolve_source("images_background", source="mirror", mirror=str(tmp_path))
+
+
+def _zip_with(member: str, tmp_path, symlink=False):
+    path = tmp_path / "evil.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        info = zipfile.ZipInfo(member)
+        if symlink:
+            info.external_attr = (0o120777 << 16)
+        zf.writestr(info, b"payload")
+    return path
+
+
+@pytest.mark.parametrize("member,symlink,reason", [
+    ("../escape.png", False, "escapes"),
+    ("images_x/a/../../../escape.png", False, "escapes"),
+    ("/abs/a/b/escape.png", False, "absolute"),
+    ("images_x/alpha/char/link.png", True, "symbolic link"),
+])
+def test_unsafe_members_are_rejected(tmp_path, member, symlink, reason):
+    archive = _zip_with(member, tmp_path, symlink)
+    target = tmp_path / "target"
+    with pytest.raises(DataError, match=reason):
+        list(data.iter_archive_pngs(archive))
+    with pytest.raises(DataError, match=reason):
+        data.extract_archive(archive, target)
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path.parent / "escape.png").exists()
+
+
+def test_not_a_zip_is_a_clear_error(tmp_path):
+    bad = tmp_path / "images_background.zip"
+    bad.write_bytes(b"<html>rate limited</html>")
+    with pytest.raises(DataError, match="not a valid zip"):
+        list(data.iter_archive_pngs(bad))
+
+
+def test_incomplete_archive_fails_counts(mirror, tmp_path):
+    """An archive missing one character fails loudly with both counts."""
+    source = zipfile.ZipFile(mirror / "images_evaluation.zip")
+    partial = tmp_path / "images_evaluation.zip"
+    with zipfile.ZipFile(partial, "w") as out:
+        for info in source.infolist():
+            if "/character01/" not in info.filename or "Angelic" not in info.filename:
+                out.writestr(info, source.read(info))
+    archives = {"images_background": mirror / "images_background.zip", "images_evaluation": partial}
+    with pytest.raises(DataError, match="expected .*'characters': 659.*found .*'characters': 658"):
+        data.preprocess(archives, progress=False)
+
+
+def test_preprocessed_counts_and_ids(omniglot):
+    images = omniglot["images"]
+    assert images.shape == (32460, 28, 28) and images.dtype == np.float32
+    assert (np.bincount(omniglot["split"]) == [19280, 13180]).all()
+    assert len(np.unique(omniglot["character"][omniglot["split"] == 0])) == 964
+    assert len(np.unique(omniglot["character"][omniglot["split"] == 1])) == 659
+    assert (np.bincount(omniglot["character"]) == 20).all()
+    assert set(np.unique(omniglot["drawer"])) == set(range(1, 21))
+    # Background is zero, strokes positive, values in [0, 1].
+    assert images.min() >= 0 and images.max() <= 1
+    assert np.median(images) == 0 and images.mean() < 0.2
+    # Documented order: background archive first, alphabets sorted by name.
+    names = list(omniglot["alphabet_names"])
+    assert names[0] == "images_background/Alphabet_of_the_Magi"
+    assert names[:30] == sorted(names[:30]) and names[30:] == sorted(names[30:])
+
+
+def test_image_to_array_matches_pil_lanczos():
+    from PIL import Image
+
+    square = np.ones((105, 105), dtype=bool)
+    square[40:60, 40:60] = False  # a black stroke block on white
+    buffer = io.BytesIO()
+    Image.fromarray(square).save(buffer, format="PNG")
+    out = data.image_to_array(buffer.getvalue())
+    expected = 1 - np.asarray(Image.fromarray(square.astype(np.uint8) * 255).resize((28, 28), Image.LANCZOS)) / 255
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert out[0, 0] == 0 and out[13, 13] == pytest.approx(1, abs=0.02)
+
+
+def test_transform_pads_then_standardises_on_reference():
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 28, 28)).astype(np.float32)
+    ref = x[:2]
+    out = data.transform_images(x, pad=2, standardize=True, reference=ref)
+    assert out.shape == (4, 32, 32)
+    padded_ref = np.pad(ref, [(0, 0), (2, 2), (2, 2)])
+    np.testing.assert_allclose(out[:2].mean(), 0, atol=1e-5)
+    np.testing.assert_allclose((out[:2] * padded_ref.std() + padded_ref.mean())[:, 2:-2, 2:-2], ref, atol=1e-5)
+    with pytest.raises(DataError, match="zero variance"):
+        data.transform_images(np.zeros((2, 5, 5)), standardize=True)

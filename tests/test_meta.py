@@ -1,0 +1,318 @@
+"""mnk.meta against a direct, loop-based implementation of the MNK formulas."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from mnk.meta import (
+    NotPositiveDefiniteError,
+    class_centroid_targets,
+    class_centroids,
+    mnk_predict,
+    one_hot,
+    predict_labels,
+)
+
+INF = math.inf
+
+
+# ------------------------------------------------------------------ reference code
+
+
+def _ref_fun_matrix(A, t, r):
+    """(A + r I)^-1 (I - expm(-t A)) by plain dense linear algebra (pinv when r=0, t=inf)."""
+    n = A.shape[0]
+    if math.isinf(t):
+        B = A + r * np.eye(n)
+        return np.linalg.inv(B) if r > 0 else np.linalg.pinv(B)
+    return np.linalg.solve(A + r * np.eye(n), np.eye(n) - scipy.linalg.expm(-t * A))
+
+
+def reference_predict(K, trS, trQ, trYs, trYq, teS, teQ, teYs, inner_time, meta_time,
+                      ridge, normalize_ntk, normalize_mnk):
+    """Literal, loop-based transcription of the formulas in mnk.meta's docstring."""
+    r1, r2 = ridge
+    N = K.shape[0]
+    if normalize_ntk:
+        Kr = K + r1 * np.eye(N)
+        d = np.sqrt(np.diag(Kr))
+        Kn = Kr / np.outer(d, d)
+    else:
+        Kn = K.copy()
+
+    S = list(trS) + list(teS)
+    Q = list(trQ) + list(teQ)
+    Ys = list(trYs) + list(teYs)
+    n_tr, n_all = len(trS), len(S)
+    Ts, fs = [], []
+    for s, q, y in zip(S, Q, Ys):
+        Kss = Kn[np.ix_(s, s)]
+        Ti = _ref_fun_matrix(Kss, inner_time, r1)
+        Ts.append(Ti)
+        fs.append(Kn[np.ix_(q, s)] @ Ti @ y)
+
+    blocks = [[None] * n_all for _ in range(n_all)]
+    for i in range(n_all):
+        for j in range(n_all):
+            Xi, Xpi, Xj, Xpj = S[i], Q[i], S[j], Q[j]
+            blocks[i][j] = (
+                Kn[np.ix_(Xpi, Xpj)]
+                - Kn[np.ix_(Xpi, Xi)] @ Ts[i] @ Kn[np.ix_(Xi, Xpj)]
+                - Kn[np.ix_(Xpi, Xj)] @ Ts[j].T @ Kn[np.ix_(Xj, Xpj)]
+                + Kn[np.ix_(Xpi, Xi)] @ Ts[i] @ Kn[np.ix_(Xi, Xj)] @ Ts[j].T @ Kn[np.ix_(Xj, Xpj)]
+            )
+    Phi = np.block(blocks)
+    M = Phi.shape[0]
+    if normalize_mnk:
+        Pr = Phi + r2 * np.eye(M)
+        d = np.sqrt(np.diag(Pr))
+        Phin = Pr / np.outer(d, d)
+    else:
+        Phin = Phi
+    nq = len(trQ[0]) if n_tr else 0
+    m_tr = n_tr * nq
+    P_tt = Phin[:m_tr, :m_tr]
+    P_et = Phin[m_tr:, :m_tr]
+    R = np.concatenate([yq - f for yq, f in zip(trYq, fs[:n_tr])])
+    E = _ref_fun_matrix(P_tt, meta_time, r2) @ R
+    pred = P_et @ E + np.concatenate(fs[n_tr:])
+    return pred.reshape(len(teS), len(teQ[0]), -1)
+
+
+# ----------------------------------------------------------------------- fixtures
+
+
+def random_problem(seed=0, n_images=60, n_tr=4, n_te=3, ns=3, nq=4, c=2, dim=5):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n_images, dim))
+    # PD kernel with a non-trivial diagonal: RBF-ish + linear
+    sq = ((X[:, None] - X[None]) ** 2).sum(-1)
+    K = np.exp(-sq / (2 * dim)) + 0.3 * X @ X.T / dim
+    K *= rng.uniform(0.5, 2.0, n_images)[:, None] * 0 + 1.0
+    scale = rng.uniform(0.5, 2.0, n_images)
+    K = K * np.outer(scale, scale)  # non-unit diagonal, still PD
+
+    def tasks(n):
+        idx = np.stack([rng.choice(n_images, ns + nq, replace=False) for _ in range(n)])
+        return idx[:, :ns], idx[:, ns:]
+
+    trS, trQ = tasks(n_tr)
+    teS, teQ = tasks(n_te)
+    return dict(
+        K=K, trS=trS, trQ=trQ, teS=teS, teQ=teQ,
+        trYs=rng.standard_normal((n_tr, ns, c)),
+        trYq=rng.standard_normal((n_tr, nq, c)),
+        teYs=rng.standard_normal((n_te, ns, c)),
+    )
+
+
+def call(p, **kw):
+    return mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"], **kw)
+
+
+def ref(p, inner_time=INF, meta_time=INF, ridge=(1e-5, 1e-5), normalize_ntk=True, normalize_mnk=True):
+    return reference_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"],
+                             p["teYs"], inner_time, meta_time, ridge, normalize_ntk, normalize_mnk)
+
+
+# -------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize(
+    "inner_time,meta_time,normalize_ntk,normalize_mnk",
+    list(itertools.product([INF, 0.7], [INF, 2.0], [True, False], [True, False])),
+)
+def test_matches_loop_reference(inner_time, meta_time, normalize_ntk, normalize_mnk):
+    p = random_problem(seed=1)
+    for ridge in [(1e-3, 1e-2), (1e-5, 1e-5)]:
+        kw = dict(inner_time=inner_time, meta_time=meta_time, ridge=ridge,
+                  normalize_ntk=normalize_ntk, normalize_mnk=normalize_mnk)
+        got = call(p, **kw)
+        want = ref(p, **kw)
+        assert got.shape == (3, 4, 2)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * max(1.0, np.abs(want).max()))
+
+
+def test_zero_ridge_finite_times_matches_reference():
+    """The theory-check configuration: no ridge, no normalisation, finite times."""
+    p = random_problem(seed=2)
+    kw = dict(inner_time=1.3, meta_time=0.9, ridge=(0.0, 0.0), normalize_ntk=False, normalize_mnk=False)
+    np.testing.assert_allclose(call(p, **kw), ref(p, **kw), rtol=0, atol=1e-8)
+
+
+def test_repeated_images_across_tasks():
+    """The same image in several tasks (and support of one, query of another)."""
+    p = random_problem(seed=3, n_images=12, n_tr=5, n_te=3)
+    for kw in [dict(), dict(inner_time=0.5, meta_time=1.5, normalize_mnk=False)]:
+        np.testing.assert_allclose(call(p, **kw), ref(p, **kw), rtol=0, atol=1e-8)
+
+
+def test_default_arguments_are_documented_configuration():
+    p = random_problem(seed=4)
+    np.testing.assert_allclose(call(p), ref(p), rtol=0, atol=1e-8)
+
+
+def test_one_task_no_meta_term_is_plain_kernel_regression():
+    p = random_problem(seed=5, n_tr=1, n_te=2)
+    K, r1 = p["K"], 1e-4
+    for inner_time in [INF, 0.8]:
+        got = call(p, inner_time=inner_time, meta_time=0.0, ridge=(r1, 1e-5), normalize_ntk=False)
+        for i in range(2):
+            s, q = p["teS"][i], p["teQ"][i]
+            Kss = K[np.ix_(s, s)]
+            if math.isinf(inner_time):
+                want = K[np.ix_(q, s)] @ np.linalg.solve(Kss + r1 * np.eye(len(s)), p["teYs"][i])
+            else:
+                ydd = (np.eye(len(s)) - scipy.linalg.expm(-inner_time * Kss)) @ p["teYs"][i]
+                want = K[np.ix_(q, s)] @ np.linalg.solve(Kss + r1 * np.eye(len(s)), ydd)
+            np.testing.assert_allclose(got[i], want, rtol=1e-10, atol=1e-10)
+
+
+def test_no_training_tasks_gives_task_regression():
+    p = random_problem(seed=6)
+    got = mnk_predict(p["K"], p["trS"][:0], p["trQ"][:0], p["trYs"][:0], p["trYq"][:0],
+                      p["teS"], p["teQ"], p["teYs"])
+    want = call(p, meta_time=0.0)
+    np.testing.assert_allclose(got, want, atol=1e-10)
+
+
+def test_invariant_to_permuting_training_tasks():
+    p = random_problem(seed=7, n_tr=6)
+    perm = np.random.default_rng(0).permutation(6)
+    q = dict(p, trS=p["trS"][perm], trQ=p["trQ"][perm], trYs=p["trYs"][perm], trYq=p["trYq"][perm])
+    for kw in [dict(), dict(inner_time=0.5, meta_time=1.0)]:
+        np.testing.assert_allclose(call(p, **kw), call(q, **kw), rtol=0, atol=1e-9)
+
+
+def test_test_tasks_are_independent():
+    """Each test task's prediction does not depend on the other test tasks."""
+    p = random_problem(seed=8)
+    full = call(p)
+    one = mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"],
+                      p["teS"][1:2], p["teQ"][1:2], p["teYs"][1:2])
+    np.testing.assert_allclose(one[0], full[1], atol=1e-10)
+
+
+def test_chunked_assembly_matches(monkeypatch):
+    import mnk.meta as meta
+    p = random_problem(seed=9, n_tr=7)
+    want = call(p)
+    monkeypatch.setattr(meta, "_CHUNK_BYTES", 1)
+    np.testing.assert_allclose(call(p), want, atol=1e-12)
+
+
+# ----------------------------------------------------------------------- errors
+
+
+def test_nan_kernel_message():
+    p = random_problem(seed=10)
+    K = p["K"].copy()
+    i, j = p["trQ"][0, 0], p["teS"][1, 2]
+    K[i, j] = np.nan
+    with pytest.raises(ValueError, match=r"kernel contains NaN/inf at .*\[%d, %d\]" % (i, j)):
+        mnk_predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+    K = p["K"].copy()
+    K[i, i] = np.inf
+    with pytest.raises(ValueError, match="kernel contains NaN/inf"):
+        mnk_predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+
+
+def test_bad_index_messages():
+    p = random_problem(seed=11, n_images=60)
+    bad = p["teQ"].copy()
+    bad[0, 0] = 60
+    with pytest.raises(ValueError, match=r"test_query contains index 60 out of range for K with 60 rows"):
+        mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], bad, p["teYs"])
+    bad[0, 0] = -1
+    with pytest.raises(ValueError, match=r"test_query contains index -1 out of range"):
+        mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], bad, p["teYs"])
+    with pytest.raises(ValueError, match=r"train_support must be an integer index array"):
+        mnk_predict(p["K"], p["trS"].astype(float), p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+    with pytest.raises(ValueError, match=r"train_support has 4 tasks but train_query has 3"):
+        mnk_predict(p["K"], p["trS"], p["trQ"][:3], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+    with pytest.raises(ValueError, match=r"train_query_y has shape \(4, 3, 2\), expected \(4, 4, 2\)"):
+        mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"][:, :3], p["teS"], p["teQ"], p["teYs"])
+    with pytest.raises(ValueError, match=r"train_support must be a 2-D index array"):
+        mnk_predict(p["K"], p["trS"].ravel(), p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+    with pytest.raises(ValueError, match=r"K must be a square"):
+        mnk_predict(p["K"][:, :-1], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+    with pytest.raises(ValueError, match=r"ridge\[1\] \(r2\) must be finite and >= 0"):
+        call(p, ridge=(1e-5, -1.0))
+    with pytest.raises(ValueError, match=r"inner_time must be >= 0"):
+        call(p, inner_time=-1.0)
+
+
+def test_not_positive_definite_message():
+    p = random_problem(seed=12)
+    K = -p["K"]  # negative definite: per-task Cholesky must fail, ridge suggested
+    with pytest.raises(NotPositiveDefiniteError, match=r"not positive definite.*larger ridge r1"):
+        mnk_predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"],
+                    normalize_ntk=False)
+    # rank-1 kernel, no ridge: the MNK train block is singular
+    x = np.random.default_rng(0).uniform(1, 2, p["K"].shape[0])
+    with pytest.raises((NotPositiveDefiniteError, ValueError), match=r"ridge"):
+        mnk_predict(np.outer(x, x), p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"],
+                    ridge=(1e-3, 0.0), normalize_ntk=False, normalize_mnk=False)
+
+
+# --------------------------------------------------------------- classification
+
+
+def test_one_hot_and_argmax_is_nearest_centroid():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (3, 7))
+    oh = one_hot(labels, 5)
+    assert oh.shape == (3, 7, 5) and np.all(oh.argmax(-1) == labels)
+    pred = rng.standard_normal((3, 7, 5))
+    np.testing.assert_array_equal(predict_labels(pred), predict_labels(pred, np.eye(5)))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+        one_hot(np.array([5]), 5)
+
+
+def test_centroids_and_nearest_centroid():
+    feats = np.array([[[0.0, 0.0], [2.0, 0.0], [10.0, 10.0], [12.0, 10.0]]])
+    labels = np.array([[0, 0, 1, 1]])
+    cent = class_centroids(feats, labels, 2)
+    np.testing.assert_allclose(cent, [[[1.0, 0.0], [11.0, 10.0]]])
+    tg = class_centroid_targets(feats, labels, 2)
+    np.testing.assert_allclose(tg, [[[1, 0], [1, 0], [11, 10], [11, 10]]])
+    q = np.array([[[0.9, 0.2], [9.0, 9.0], [5.0, 4.0]]])
+    np.testing.assert_array_equal(predict_labels(q, cent), [[0, 1, 0]])
+    with pytest.raises(ValueError, match="class 1 has no point in task 0"):
+        class_centroids(feats, np.zeros((1, 4), int), 2)
+
+
+def test_classification_end_to_end_accuracy():
+    """Well-separated clusters with a linear kernel: MNK with one-hot targets is perfect."""
+    from mnk.metrics import accuracy_ci, per_task_accuracy
+
+    rng = np.random.default_rng(1)
+    way, n_cls = 3, 12
+    centers = rng.standard_normal((n_cls, 20)) * 5
+    X = np.repeat(centers, 6, axis=0) + 0.1 * rng.standard_normal((n_cls * 6, 20))
+    img_cls = np.repeat(np.arange(n_cls), 6)
+    K = X @ X.T + 1.0
+
+    def make(n):
+        S, Q, ys, yq = [], [], [], []
+        for _ in range(n):
+            cls = rng.choice(n_cls, way, replace=False)
+            s, q = [], []
+            for k in cls:
+                imgs = rng.choice(np.nonzero(img_cls == k)[0], 3, replace=False)
+                s.append(imgs[:1]), q.append(imgs[1:])
+            S.append(np.concatenate(s)), Q.append(np.concatenate(q))
+            ys.append(np.arange(way)), yq.append(np.repeat(np.arange(way), 2))
+        return np.array(S), np.array(Q), np.array(ys), np.array(yq)
+
+    trS, trQ, trys, tryq = make(10)
+    teS, teQ, teys, teyq = make(5)
+    pred = mnk_predict(K, trS, trQ, one_hot(trys, way), one_hot(tryq, way), teS, teQ, one_hot(teys, way))
+    acc = per_task_accuracy(predict_labels(pred), teyq)
+    res = accuracy_ci(acc)
+    assert res["accuracy"] == 1.0 and res["n_tasks"] == 5

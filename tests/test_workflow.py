@@ -1,0 +1,179 @@
+"""The Snakemake workflow itself: lint, format, config validation, a real tiny run, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPY = ["workflow", "scripts", "src", "config", "envs", "profiles"]
+
+
+def snakemake(workdir: Path, *args, check=True, env=None, timeout=900):
+    run_env = {**os.environ, **(env or {})}
+    result = subprocess.run([str(BIN / "snakemake"), *args], cwd=workdir, env=run_env,
+                            capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args) -> list[tuple[str, str]]:
+    """(rule, wildcards) of each job a dry run would run."""
+    out = snakemake(workdir, "--dry-run", *args).stdout
+    jobs = []
+    for block in out.split("\n\n"):
+        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        if rule:
+            wildcards = re.search(r"wildcards: (.*)", block)
+            jobs.append((rule.group(1), wildcards.group(1) if wildcards else ""))
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mirror) -> Path:
+    """A copy of the workflow in a scratch folder, run once on the tiny test config."""
+    root = tmp_path_factory.mktemp("project")
+    for name in COPY:
+        if (REPO / name).exists():
+            shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copyfile(REPO / "config" / "test.yaml", root / "config" / "config.yaml")
+    os.environ["OMNIGLOT_MIRROR"] = str(mirror)
+    snakemake(root, "--cores", "2")
+    return root
+
+
+def test_lint_and_format_are_clean():
+    lint = snakemake(REPO, "--lint", env={"OMNIGLOT_MIRROR": ""})
+    assert "Congratulations" in lint.stdout + lint.stderr
+    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "workflow"], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stderr
+
+
+def test_default_config_full_dag_dry_run():
+    jobs = planned_jobs(REPO, "--forceall")
+    rules = {rule for rule, _ in jobs}
+    assert {"download_omniglot", "preprocess_omniglot", "make_tasks", "kernel_block", "assemble_kernel",
+            "solve_mnk", "train_meta_learner", "aggregate", "figures", "all"} <= rules
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    n_experiments = len(config["tasks"]["n_characters"]) * len(config["tasks"]["seeds"])
+    assert sum(rule == "solve_mnk" for rule, _ in jobs) == n_experiments
+    assert sum(rule == "train_meta_learner" for rule, _ in jobs) == 2 * n_experiments
+
+
+def test_paper_config_dry_run_lists_whole_dag():
+    if not (REPO / "config" / "paper.yaml").exists():
+        pytest.skip("config/paper.yaml not present")
+    jobs = planned_jobs(REPO, "--forceall", "--configfile", "config/paper.yaml")
+    assert sum(rule == "solve_mnk" for rule, _ in jobs) >= 6
+    assert sum(rule == "kernel_block" for rule, _ in jobs) > 6
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c["kernel"].update(depht=3), "depht"),
+    (lambda c: c["tasks"].update(way="five"), "way"),
+    (lambda c: c.update(solver={}), "solver"),
+    (lambda c: c["maml"]["options"].update(inner_stpes=2), "inner_stpes"),
+])
+def test_config_errors_name_the_key(tmp_path, edit, message):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    edit(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(REPO, "--dry-run", "--configfile", str(path), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+
+
+def test_tiny_run_produces_every_output(project):
+    summary = (project / "results" / "summary.csv").read_text().splitlines()
+    assert summary[0].startswith("method,experiment,way,shot,n_characters")
+    assert len(summary) == 1 + 3 * 2  # 3 methods x 2 experiments
+    for figure in ("accuracy", "cost", "kernel_heatmap"):
+        assert (project / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
+    metrics = json.loads((project / "results" / "mnk" / "5way1shot-10char-seed0" / "metrics.json").read_text())
+    assert 0.2 < metrics["accuracy"] <= 1.0 and metrics["ci95_low"] <= metrics["accuracy"] <= metrics["ci95_high"]
+    for rule_log in ("preprocess_omniglot.log", "make_tasks/5way1shot-5char-seed0.log"):
+        assert "wall time" in (project / "logs" / rule_log).read_text()
+
+
+def test_assembled_kernel_equals_one_shot_gram(project):
+    from mnk.blocks import base_kernel
+    from mnk.data import transform_images
+    from mnk.io import load_npz
+
+    exp = project / "results"
+    config = yaml.safe_load((project / "config" / "config.yaml").read_text())
+    tasks = load_npz(exp / "tasks" / "5way1shot-10char-seed0" / "tasks.npz")
+    raw = load_npz(exp / "tasks" / "5way1shot-10char-seed0" / "images.npz")["images"]
+    kernel = load_npz(exp / "kernels" / "5way1shot-10char-seed0" / "kernel.npz")
+    n_train = int(tasks["n_train_images"])
+    images = transform_images(raw, pad=config["kernel"]["pad"], standardize=config["kernel"]["standardize"],
+                              reference=raw[:n_train])
+    full = base_kernel(images, None, config["kernel"])
+    computed = kernel["computed"]
+    np.testing.assert_allclose(kernel["K"][computed], full[computed], rtol=1e-12, atol=0)
+    # Exactly the needed pairs: train x train, test x train, within each test task.
+    task_size = tasks["test_support"].shape[1] + tasks["test_query"].shape[1]
+    test_ids = np.arange(n_train, len(raw)).reshape(-1, task_size)
+    expected = np.zeros_like(computed)
+    expected[:, :n_train] = expected[:n_train, :] = True
+    for ids in test_ids:
+        expected[np.ix_(ids, ids)] = True
+    np.testing.assert_array_equal(computed, expected)
+
+
+def test_nothing_left_to_do_after_a_run(project):
+    assert planned_jobs(project) == []
+
+
+def test_deleted_block_is_the_only_kernel_job_rerun(project):
+    blocks = sorted((project / "results" / "kernels" / "5way1shot-5char-seed0" / "blocks").glob("*.npz"))
+    assert len(blocks) > 3
+    victim = blocks[1]
+    saved = victim.read_bytes()
+    victim.unlink()
+    try:
+        jobs = planned_jobs(project)
+        kernel_jobs = [w for rule, w in jobs if rule == "kernel_block"]
+        assert kernel_jobs == [f"exp=5way1shot-5char-seed0, block={victim.stem}"]
+        assert {rule for rule, _ in jobs} == {"kernel_block", "assemble_kernel", "solve_mnk", "aggregate", "figures", "all"}
+    finally:
+        victim.write_bytes(saved)
+
+
+def test_changing_one_experiment_reruns_only_it(project, tmp_path):
+    config = yaml.safe_load((project / "config" / "config.yaml").read_text())
+    config["tasks"]["n_characters"] = [5, 15]  # 10 -> 15: one experiment changes
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(project, "--configfile", str(path))
+    experiments = {re.search(r"exp=([\w-]+)", w).group(1) for _, w in jobs if "exp=" in w}
+    assert experiments == {"5way1shot-15char-seed0"}
+    assert "preprocess_omniglot" not in {rule for rule, _ in jobs}
+
+
+def test_changing_a_kernel_parameter_reruns_kernels_not_baselines(project, tmp_path):
+    config = yaml.safe_load((project / "config" / "config.yaml").read_text())
+    config["kernel"]["depth"] += 1
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    rules = {rule for rule, _ in planned_jobs(project, "--configfile", str(path))}
+    assert {"kernel_block", "assemble_kernel", "solve_mnk"} <= rules
+    assert not rules & {"make_tasks", "train_meta_learner", "preprocess_omniglot"}
+
+
+def test_report_builds(project):
+    snakemake(project, "--report", "results/report.html")
+    html = (project / "results" / "report.html").read_text(errors="ignore")
+    assert "accuracy.png" in html or "accuracy" in html

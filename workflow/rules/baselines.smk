@@ -1,0 +1,28 @@
+# MAML and iMAML, trained and tested on exactly the tasks MNK uses.
+
+
+rule train_meta_learner:
+    input:
+        tasks="results/tasks/{exp}/tasks.npz",
+        images="results/tasks/{exp}/images.npz",
+        lib=package_sources("maml", "metrics"),
+    output:
+        metrics="results/{method}/{exp}/metrics.json",
+        checkpoint="results/{method}/{exp}/checkpoint.pt",
+    log:
+        "logs/train_{method}/{exp}.log",
+    benchmark:
+        "results/benchmarks/train_{method}/{exp}.tsv"
+    wildcard_constraints:
+        method="maml|imaml",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        gpu=1 if config["device"] == "cuda" else 0,
+    params:
+        options=lambda wildcards: config[wildcards.method]["options"],
+        experiment=experiment,
+        device=config["device"],
+    script:
+        "../../scripts/train_meta_learner.py"

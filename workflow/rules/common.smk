@@ -1,0 +1,137 @@
+# Small named helpers shared by the rules.
+import itertools
+import os
+import re
+import sys
+from pathlib import Path
+
+SRC_DIR = Path(workflow.basedir).parent / "src"
+# Jobs import the `mnk` package from this checkout (also inside conda envs and on SLURM).
+sys.path.insert(0, str(SRC_DIR))
+# (a write, not a required variable: hence update() rather than an envvars directive)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_DIR), os.getenv("PYTHONPATH")]))
+)
+
+ARCHIVES = ["images_background", "images_evaluation"]
+EXPERIMENT_PATTERN = r"(\d+)way(\d+)shot-(\d+)char-seed(\d+)"
+METHODS = ["mnk"] + [m for m in ("maml", "imaml") if config[m]["enabled"]]
+
+
+wildcard_constraints:
+    exp=EXPERIMENT_PATTERN,
+    archive="|".join(ARCHIVES),
+    block=r"(train|cross|test)-\d+-\d+",
+
+
+def experiment_ids():
+    """One id per point of the experiments grid: way x shot x n_characters x seeds."""
+    grid = config["tasks"]
+    return [
+        f"{way}way{shot}shot-{chars}char-seed{seed}"
+        for way, shot, chars, seed in itertools.product(
+            grid["way"], grid["shot"], grid["n_characters"], grid["seeds"]
+        )
+    ]
+
+
+def experiment(wildcards):
+    way, shot, chars, seed = map(
+        int, re.fullmatch(EXPERIMENT_PATTERN, wildcards.exp).groups()
+    )
+    return {"way": way, "shot": shot, "n_characters": chars, "seed": seed}
+
+
+def task_spec(wildcards):
+    """Everything that decides an experiment's tasks (params of make_tasks)."""
+    keys = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks")
+    return {**experiment(wildcards), **{k: config["tasks"][k] for k in keys}}
+
+
+def kernel_params(wildcards=None):
+    return dict(config["kernel"])
+
+
+def kernel_blocks(wildcards):
+    """Names of the kernel blocks of one experiment (derived from the config alone)."""
+    from mnk.blocks import plan_blocks
+
+    spec = task_spec(wildcards)
+    task_size = spec["way"] * (spec["shot"] + spec["query"])
+    n_train = spec["n_characters"] * (spec["shot"] + spec["query"])
+    blocks = plan_blocks(
+        n_train, spec["n_test_tasks"], task_size, config["kernel"]["block_size"]
+    )
+    return [block.name for block in blocks]
+
+
+def block_files(wildcards):
+    return expand(
+        "results/kernels/{exp}/blocks/{block}.npz",
+        exp=wildcards.exp,
+        block=kernel_blocks(wildcards),
+    )
+
+
+def package_sources(*modules):
+    """Source files of `mnk` modules, as inputs: editing the library reruns its users."""
+    files = []
+    for module in ("__init__", "io", "runtime") + modules:
+        path = SRC_DIR / "mnk" / module
+        files += (
+            sorted(map(str, path.glob("*.py"))) if path.is_dir() else [f"{path}.py"]
+        )
+    return files
+
+
+def encoder_input(wildcards):
+    if config["mnk"]["targets"] == "encoder":
+        return f"results/encoder/{wildcards.exp}/encoder.pt"
+    return []
+
+
+def metrics_files():
+    return expand(
+        "results/{method}/{exp}/metrics.json", method=METHODS, exp=experiment_ids()
+    )
+
+
+def final_outputs():
+    return [
+        "results/summary.csv",
+        "results/figures/accuracy.png",
+        "results/figures/cost.png",
+        "results/figures/kernel_heatmap.png",
+    ]
+
+
+def kernel_pair_seconds():
+    """Rough seconds per image pair, for SLURM runtime requests (BENCHMARKS.md)."""
+    k = config["kernel"]
+    pixels = (config["data"]["image_size"] + 2 * k["pad"]) ** 2
+    if k["type"] == "ntk":
+        return 1e-6
+    # gap couples all P^2 offsets; the trace needs only the zero offset.
+    work = k["depth"] * pixels * (pixels if k["gap"] else 1)
+    on_gpu = k["backend"] == "cuda"
+    return work * (5e-14 if on_gpu else 2e-9) + 1e-6
+
+
+def kernel_block_runtime(wildcards, attempt):
+    """Minutes for one kernel block: 3x the estimate, doubled on each retry."""
+    pairs = config["kernel"]["block_size"] ** 2
+    return int(10 + 3 * pairs * kernel_pair_seconds() / 60) * attempt
+
+
+def kernel_block_mem_mb(wildcards, attempt):
+    size = config["kernel"]["block_size"]
+    return (2000 + 3 * 8 * size * size // 10**6) * attempt
+
+
+def config_hash(cfg):
+    """Short hash of the whole config, recorded with every summary row."""
+    import hashlib
+    import json
+
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

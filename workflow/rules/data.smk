@@ -1,0 +1,52 @@
+# Omniglot: download (official URL or mirror), preprocess, sample tasks.
+
+
+rule download_omniglot:
+    output:
+        "results/data/raw/{archive}.zip",
+    log:
+        "logs/download_omniglot/{archive}.log",
+    retries: 2
+    conda:
+        "../../envs/data.yaml"
+    params:
+        source=config["data"]["source"],
+        mirror=config["data"].get("mirror", ""),
+    script:
+        "../../scripts/download_omniglot.py"
+
+
+rule preprocess_omniglot:
+    input:
+        archives=expand("results/data/raw/{archive}.zip", archive=ARCHIVES),
+        lib=package_sources("data"),
+    output:
+        "results/data/omniglot.npz",
+    log:
+        "logs/preprocess_omniglot.log",
+    benchmark:
+        "results/benchmarks/preprocess_omniglot.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        image_size=config["data"]["image_size"],
+        resample=config["data"]["resample"],
+    script:
+        "../../scripts/preprocess_omniglot.py"
+
+
+rule make_tasks:
+    input:
+        data="results/data/omniglot.npz",
+        lib=package_sources("tasks"),
+    output:
+        tasks="results/tasks/{exp}/tasks.npz",
+        images="results/tasks/{exp}/images.npz",
+    log:
+        "logs/make_tasks/{exp}.log",
+    conda:
+        "../../envs/data.yaml"
+    params:
+        spec=task_spec,
+    script:
+        "../../scripts/make_tasks.py"

@@ -1,0 +1,49 @@
+# Meta Neural Kernel regression on the assembled base kernel.
+
+
+rule train_encoder:
+    input:
+        tasks="results/tasks/{exp}/tasks.npz",
+        images="results/tasks/{exp}/images.npz",
+        lib=package_sources("encoder"),
+    output:
+        "results/encoder/{exp}/encoder.pt",
+    log:
+        "logs/train_encoder/{exp}.log",
+    benchmark:
+        "results/benchmarks/train_encoder/{exp}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    params:
+        encoder=config["encoder"],
+        seed=lambda wildcards: experiment(wildcards)["seed"],
+        device=config["device"],
+    script:
+        "../../scripts/train_encoder.py"
+
+
+rule solve_mnk:
+    input:
+        kernel="results/kernels/{exp}/kernel.npz",
+        tasks="results/tasks/{exp}/tasks.npz",
+        images="results/tasks/{exp}/images.npz",
+        encoder=encoder_input,
+        lib=package_sources("meta", "metrics", "encoder"),
+    output:
+        metrics="results/mnk/{exp}/metrics.json",
+        predictions="results/mnk/{exp}/predictions.npz",
+    log:
+        "logs/solve_mnk/{exp}.log",
+    benchmark:
+        "results/benchmarks/solve_mnk/{exp}.tsv"
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    params:
+        mnk=config["mnk"],
+        kernel=kernel_params,
+        experiment=experiment,
+        device=config["device"],
+    script:
+        "../../scripts/solve_mnk.py"

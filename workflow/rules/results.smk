@@ -1,0 +1,56 @@
+# Summary table, figures and the Snakemake report.
+
+
+rule aggregate:
+    input:
+        metrics=metrics_files(),
+        lib=package_sources("results"),
+    output:
+        report(
+            "results/summary.csv",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+    log:
+        "logs/aggregate.log",
+    conda:
+        "../../envs/results.yaml"
+    params:
+        config_hash=config_hash(config),
+    script:
+        "../../scripts/aggregate.py"
+
+
+rule figures:
+    input:
+        summary="results/summary.csv",
+        kernel=f"results/kernels/{experiment_ids()[-1]}/kernel.npz",
+        tasks=f"results/tasks/{experiment_ids()[-1]}/tasks.npz",
+        lib=package_sources("results", "meta"),
+    output:
+        accuracy=report(
+            "results/figures/accuracy.png",
+            caption="../report/accuracy.rst",
+            category="Figures",
+        ),
+        accuracy_pdf="results/figures/accuracy.pdf",
+        cost=report(
+            "results/figures/cost.png",
+            caption="../report/cost.rst",
+            category="Figures",
+        ),
+        cost_pdf="results/figures/cost.pdf",
+        heatmap=report(
+            "results/figures/kernel_heatmap.png",
+            caption="../report/kernel_heatmap.rst",
+            category="Figures",
+        ),
+        heatmap_pdf="results/figures/kernel_heatmap.pdf",
+    log:
+        "logs/figures.log",
+    conda:
+        "../../envs/results.yaml"
+    params:
+        mnk=config["mnk"],
+    script:
+        "../../scripts/figures.py"
