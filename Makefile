@@ -24,6 +24,14 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 
 venv: $(BIN)/.installed
 
+# Optional second reference for the kernel tests: neural-tangents (old jax) in its own venv.
+.venv-nt/.installed: envs/neural_tangents.txt
+	$(PYTHON) -m venv .venv-nt
+	.venv-nt/bin/pip install --quiet -r envs/neural_tangents.txt
+	touch $@
+
+venv-nt: .venv-nt/.installed
+
 run: venv
 	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	$(BIN)/snakemake --report results/report.html $(SNAKEMAKE_ARGS)

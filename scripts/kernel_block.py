@@ -1,15 +1,17 @@
 """Rule kernel_block: the base kernel on one block of image pairs."""
 
-import os
 import time
 
+import numba
+
+from mnk import kernels
 from mnk.blocks import block_by_name, compute_block, plan_blocks, write_block
 from mnk.data import transform_images
 from mnk.io import load_npz
 from mnk.runtime import logged_run
 
 with logged_run(snakemake.log[0], "kernel_block") as log:
-    os.environ.setdefault("NUMBA_NUM_THREADS", str(snakemake.threads))
+    numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))
     params = snakemake.params.kernel
     tasks = load_npz(snakemake.input.tasks)
     n_train = int(tasks["n_train_images"])
@@ -19,6 +21,8 @@ with logged_run(snakemake.log[0], "kernel_block") as log:
     raw = load_npz(snakemake.input.images)["images"]
     images = transform_images(raw, pad=params["pad"], standardize=params["standardize"], reference=raw[:n_train])
     log.info("block %s rows %s cols %s, kernel %s", block.name, block.rows, block.cols, params)
+    if params["type"] == "cntk":
+        log.info("CNTK backend: %s", kernels.select_backend(params["backend"]))
     start = time.perf_counter()
     values = compute_block(images, block, params, task_size)
     seconds = time.perf_counter() - start

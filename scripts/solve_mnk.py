@@ -47,7 +47,8 @@ with logged_run(snakemake.log[0], "solve_mnk") as log:
         kernel["K"], tasks["train_support"], tasks["train_query"], train_support_y, train_query_y,
         tasks["test_support"], tasks["test_query"], test_support_y,
         inner_time=cfg["inner_time"], meta_time=cfg["meta_time"], ridge=tuple(cfg["ridge"]),
-        normalize_ntk=cfg["normalize_ntk"], normalize_mnk=cfg["normalize_mnk"], device=device,
+        normalize_ntk=cfg["normalize_ntk"], normalize_mnk=cfg["normalize_mnk"], solver=cfg["solver"],
+        device=device,
     )
     labels = predict_labels(prediction, centroids)
     accuracy = per_task_accuracy(labels, tasks["test_query_labels"])

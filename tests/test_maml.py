@@ -20,6 +20,9 @@ from mnk.nets import BatchStatNorm2d, build_network
 
 torch.set_num_threads(1)
 
+# torch's own forward-mode decompositions (used by jvp in iMAML) call torch.jit.script
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 
 def _tiny_net(hidden=3, size=8, way=5, seed=0):
     torch.manual_seed(seed)
@@ -93,7 +96,9 @@ def test_maml_vmap_matches_per_task_loop(first_order):
     assert abs(float(loss_v) - float(loss_l)) < 1e-12
     assert abs(float(acc_v) - float(acc_l)) < 1e-12
     # second and first order really differ (the test would be vacuous otherwise)
-    g_other, _, _ = M.maml_meta_gradient(model, params, batch, **{**kw, "first_order": not first_order})
+    g_other, _, _ = M.maml_meta_gradient(
+        model, params, batch, **{**kw, "first_order": not first_order}
+    )
     assert _maxdiff(g_vmap, g_other) > 1e-4
 
 
@@ -124,14 +129,23 @@ def test_maml_meta_gradient_finite_difference():
 def test_imaml_cg_matches_explicit_hessian_solve():
     model = _tiny_net(hidden=2)
     params = _params(model)
-    xs, ys, xq, yq = (b[0] for b in _tiny_batch(n_tasks=1))
-    # lam large enough for I + H/lam to be SPD on this ill-conditioned tiny net (BN with
-    # 2 channels); CG (like iMAML) assumes a positive-definite system.
-    lam, n = 20.0, sum(v.numel() for v in params.values())
+    xs, ys, xq, yq = (b[0] for b in _tiny_batch(n_tasks=1, shot=2))
+    # lam such that I + H/lam is SPD (CG, like iMAML, assumes it; asserted below) and
+    # well enough conditioned for 40 CG steps to reach machine precision.
+    lam, n = 10.0, sum(v.numel() for v in params.values())
     phi = M.adapt(model, params, xs, ys, steps=5, lr=0.1, lam=lam)
     g_cg, _, _ = M.imaml_task_hypergradient(
-        model, params, xs, ys, xq, yq, inner_steps=0, inner_lr=0.1, lam=lam,
-        cg_steps=n, phi=phi,
+        model,
+        params,
+        xs,
+        ys,
+        xq,
+        yq,
+        inner_steps=0,
+        inner_lr=0.1,
+        lam=lam,
+        cg_steps=40,
+        phi=phi,
     )
 
     def support_loss(vec):
@@ -144,12 +158,24 @@ def test_imaml_cg_matches_explicit_hessian_solve():
     hess = torch.func.hessian(support_loss)(phi_vec)
     a = torch.eye(n, dtype=torch.float64) + hess / lam
     assert torch.linalg.eigvalsh(a).min() > 0  # CG needs an SPD system
-    exact = torch.linalg.solve(a, torch.func.grad(query_loss)(phi_vec))
+    grad_q = torch.func.grad(query_loss)(phi_vec)
+    exact = torch.linalg.solve(a, grad_q)
+    assert (exact - grad_q).norm() > 0.1 * grad_q.norm()  # the Hessian term matters here
     torch.testing.assert_close(_flat(g_cg), exact, rtol=1e-7, atol=1e-9)
+
     # fewer steps (K = 5 is the default) approximate it: CG's A-norm error decreases in K
     def a_norm_error(k):
         gk, _, _ = M.imaml_task_hypergradient(
-            model, params, xs, ys, xq, yq, inner_steps=0, inner_lr=0.1, lam=lam, cg_steps=k,
+            model,
+            params,
+            xs,
+            ys,
+            xq,
+            yq,
+            inner_steps=0,
+            inner_lr=0.1,
+            lam=lam,
+            cg_steps=k,
             phi=phi,
         )
         e = _flat(gk) - exact
@@ -157,6 +183,27 @@ def test_imaml_cg_matches_explicit_hessian_solve():
 
     errors = [a_norm_error(k) for k in (0, 1, 2, 5)]
     assert all(e1 < e0 for e0, e1 in zip(errors, errors[1:])), errors
+    # damped system of the original iMAML code: ((1 + c) I + H / (lam + d)) g = grad L_q
+    c, d = 1.0, 10.0
+    g_damped, _, _ = M.imaml_task_hypergradient(
+        model,
+        params,
+        xs,
+        ys,
+        xq,
+        yq,
+        inner_steps=0,
+        inner_lr=0.1,
+        lam=lam,
+        cg_steps=40,
+        phi=phi,
+        cg_damping=c,
+        lam_damping=d,
+    )
+    a_damped = (1 + c) * torch.eye(n, dtype=torch.float64) + hess / (lam + d)
+    torch.testing.assert_close(
+        _flat(g_damped), torch.linalg.solve(a_damped, grad_q), rtol=1e-7, atol=1e-9
+    )
 
 
 def test_imaml_hypergradient_is_derivative_of_proximal_solution():
@@ -166,7 +213,7 @@ def test_imaml_hypergradient_is_derivative_of_proximal_solution():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double()
     params = _params(model)
     xs, ys, xq, yq = (b[0] for b in _tiny_batch(n_tasks=1, way=3, shot=2, query=3, size=4))
-    kw = dict(inner_steps=400, inner_lr=0.1, lam=2.0)
+    kw = dict(inner_steps=150, inner_lr=0.1, lam=2.0)  # contraction <= 0.8 per step
     g, _, _ = M.imaml_task_hypergradient(model, params, xs, ys, xq, yq, cg_steps=60, **kw)
 
     def outer(p):
@@ -177,8 +224,10 @@ def test_imaml_hypergradient_is_derivative_of_proximal_solution():
     eps = 1e-6
     for _ in range(3):
         d = {k: torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in params.items()}
-        fd = (outer({k: params[k] + eps * d[k] for k in params})
-              - outer({k: params[k] - eps * d[k] for k in params})) / (2 * eps)
+        fd = (
+            outer({k: params[k] + eps * d[k] for k in params})
+            - outer({k: params[k] - eps * d[k] for k in params})
+        ) / (2 * eps)
         analytic = float(sum((g[k] * d[k]).sum() for k in params))
         assert abs(fd - analytic) < 1e-6 * max(1.0, abs(fd)), (fd, analytic)
 
@@ -187,13 +236,12 @@ def test_imaml_vmap_matches_per_task_loop():
     model = _tiny_net()
     params = _params(model)
     batch = _tiny_batch(n_tasks=3)
-    kw = dict(inner_steps=3, inner_lr=0.1, lam=2.0, cg_steps=5)
+    kw = dict(inner_steps=3, inner_lr=0.1, lam=2.0, cg_steps=5, cg_damping=1.0, lam_damping=10.0)
     g, loss, acc = M.imaml_meta_gradient(model, params, batch, **kw)
-    per_task = [M.imaml_task_hypergradient(model, params, *(b[t] for b in batch), **kw)
-                for t in range(3)]
-    mean = {k: sum(pt[0][k] for pt in per_task) / 3 for k in params}
-    assert _maxdiff(g, mean) < 1e-12
-    assert abs(float(loss) - sum(float(pt[1]) for pt in per_task) / 3) < 1e-12
+    g_loop, loss_loop, acc_loop = M.imaml_meta_gradient_loop(model, params, batch, **kw)
+    assert _maxdiff(g, g_loop) < 1e-12
+    assert abs(float(loss) - float(loss_loop)) < 1e-12
+    assert abs(float(acc) - float(acc_loop)) < 1e-12
 
 
 # ------------------------------------------------------------------ options
@@ -201,7 +249,15 @@ def test_imaml_vmap_matches_per_task_loop():
 
 def test_resolve_options_defaults_and_unknown_key():
     o = M.resolve_options("imaml", {})
-    assert (o.lam, o.inner_steps, o.cg_steps, o.inner_lr, o.meta_batch_size) == (2.0, 16, 5, 0.1, 16)
+    assert (o.lam, o.inner_steps, o.cg_steps, o.inner_lr, o.meta_batch_size) == (
+        2.0,
+        16,
+        5,
+        0.1,
+        16,
+    )
+    assert (o.cg_damping, o.lam_damping) == (1.0, 10.0)  # the original iMAML code's
+    assert M.resolve_options("imaml", {"cg_damping": 0, "lam_damping": 0}).cg_damping == 0.0
     assert M.resolve_options("maml", {}).first_order is False
     assert M.resolve_options("maml", {"first_order": True, "hidden": 32}).hidden == 32
     with pytest.raises(ValueError, match="bogus_key"):
@@ -210,6 +266,8 @@ def test_resolve_options_defaults_and_unknown_key():
         M.resolve_options("maml", {"lam": 1.0})  # iMAML-only option
     with pytest.raises(ValueError, match="first_order"):
         M.resolve_options("imaml", {"first_order": True})
+    with pytest.raises(ValueError, match="implementation"):
+        M.resolve_options("imaml", {"implementation": "jit"})
     with pytest.raises(ValueError, match="network"):
         M.resolve_options("maml", {"network": "resnet"})
     with pytest.raises(ValueError, match="method"):
@@ -219,9 +277,20 @@ def test_resolve_options_defaults_and_unknown_key():
 # ------------------------------------------------------ synthetic learning data
 
 
-def synthetic_fewshot(*, n_classes=40, n_train_classes=30, per_class=10, way=5, shot=1,
-                      query=5, n_train_tasks=100, n_val_tasks=20, n_test_tasks=30, size=28,
-                      seed=0):
+def synthetic_fewshot(
+    *,
+    n_classes=40,
+    n_train_classes=30,
+    per_class=10,
+    way=5,
+    shot=1,
+    query=5,
+    n_train_tasks=100,
+    n_val_tasks=20,
+    n_test_tasks=30,
+    size=28,
+    seed=0,
+):
     """Omniglot-like toy data: each class is a random stroke pattern; instances are
     shifted, noisy copies. Returns (images, tasks) in the make_tasks contract."""
     rng = np.random.default_rng(seed)
@@ -244,8 +313,11 @@ def synthetic_fewshot(*, n_classes=40, n_train_classes=30, per_class=10, way=5, 
     labels = np.asarray(labels)
     by_class = [np.flatnonzero(labels == c) for c in range(n_classes)]
     tasks = {"way": np.int64(way), "shot": np.int64(shot), "query": np.int64(query)}
-    pools = {"train": range(n_train_classes), "val": range(n_train_classes),
-             "test": range(n_train_classes, n_classes)}
+    pools = {
+        "train": range(n_train_classes),
+        "val": range(n_train_classes),
+        "test": range(n_train_classes, n_classes),
+    }
     for name, n_tasks in (("train", n_train_tasks), ("val", n_val_tasks), ("test", n_test_tasks)):
         sup, qry = [], []
         for _ in range(n_tasks):
@@ -273,9 +345,22 @@ def toy():
 @pytest.mark.parametrize(
     "method,options",
     [
-        ("maml", dict(hidden=8, meta_iterations=30, meta_batch_size=4, eval_every=15, meta_lr=0.01)),
-        ("imaml", dict(hidden=8, meta_iterations=20, meta_batch_size=4, eval_every=10, meta_lr=0.01,
-                       inner_steps=5, test_inner_steps=5)),
+        (
+            "maml",
+            dict(hidden=8, meta_iterations=30, meta_batch_size=4, eval_every=15, meta_lr=0.01),
+        ),
+        (
+            "imaml",
+            dict(
+                hidden=8,
+                meta_iterations=20,
+                meta_batch_size=4,
+                eval_every=10,
+                meta_lr=0.01,
+                inner_steps=5,
+                test_inner_steps=5,
+            ),
+        ),
     ],
 )
 def test_learns_well_above_chance(toy, method, options):
@@ -297,8 +382,9 @@ def test_learns_well_above_chance(toy, method, options):
     assert metrics["accuracy"] == pytest.approx(best["test_acc"])
     assert metrics["max_test_accuracy_over_evaluations"] == max(e["test_acc"] for e in curve)
     # the checkpoint reloads into the network
-    net = build_network(options.get("network", "conv3"), n_classes=5, image_size=(28, 28),
-                        hidden=options["hidden"])
+    net = build_network(
+        options.get("network", "conv3"), n_classes=5, image_size=(28, 28), hidden=options["hidden"]
+    )
     net.load_state_dict(checkpoint["state_dict"])
     assert checkpoint["options"] == metrics["options"]
 
@@ -307,12 +393,19 @@ def test_learns_well_above_chance(toy, method, options):
 def test_same_seed_same_metrics(toy, method):
     images, tasks = toy
     small = {k: (v[:6] if k.startswith(("val_", "test_")) else v) for k, v in tasks.items()}
-    opts = dict(hidden=4, meta_iterations=4, meta_batch_size=3, eval_every=2, inner_steps=2,
-                test_inner_steps=2)
+    opts = dict(
+        hidden=4,
+        meta_iterations=4,
+        meta_batch_size=3,
+        eval_every=2,
+        inner_steps=2,
+        test_inner_steps=2,
+    )
 
     def run(seed):
-        m, c = M.train_and_evaluate(images, small, method=method, options=opts, seed=seed,
-                                    progress=False)
+        m, c = M.train_and_evaluate(
+            images, small, method=method, options=opts, seed=seed, progress=False
+        )
         m.pop("wall_seconds")
         return m, c
 
@@ -322,10 +415,55 @@ def test_same_seed_same_metrics(toy, method):
         assert torch.equal(c1["state_dict"][k], c2["state_dict"][k])
     assert m1["learning_curve"] != m3["learning_curve"]
     assert m1["options"]["hidden"] == 4 and m1["n_test_tasks"] == 6
+    # the per-task loop implementation trains the same model (up to rounding)
+    m4, _ = M.train_and_evaluate(
+        images,
+        small,
+        method=method,
+        options={**opts, "implementation": "loop"},
+        seed=7,
+        progress=False,
+    )
+    for a, b in zip(m1["learning_curve"], m4["learning_curve"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
 
 
 def test_unknown_option_rejected_by_entry_point(toy):
     images, tasks = toy
+    # no validation tasks: the last evaluation is selected
+    no_val = {
+        k: (v[:0] if k.startswith("val_") else v[:4] if k.startswith("test_") else v)
+        for k, v in tasks.items()
+    }
+    m, c = M.train_and_evaluate(
+        images,
+        no_val,
+        method="maml",
+        seed=0,
+        progress=False,
+        options=dict(hidden=4, meta_iterations=2, meta_batch_size=2, eval_every=1),
+    )
+    assert m["selected_iteration"] == c["iteration"] == 2 and m["val_accuracy"] is None
+    assert len(m["test_per_task_accuracy"]) == 4
     with pytest.raises(ValueError, match="inner_stepz"):
-        M.train_and_evaluate(images, tasks, method="maml", options={"inner_stepz": 3}, seed=0,
-                             progress=False)
+        M.train_and_evaluate(
+            images, tasks, method="maml", options={"inner_stepz": 3}, seed=0, progress=False
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_meta_gradients_match_cpu():
+    model = _tiny_net()
+    params = _params(model)
+    batch = _tiny_batch()
+    cuda = torch.device("cuda")
+    model_c = _tiny_net().to(cuda)
+    params_c = {k: v.to(cuda) for k, v in params.items()}
+    batch_c = tuple(b.to(cuda) for b in batch)
+    g, _, _ = M.maml_meta_gradient(model, params, batch, inner_steps=2, inner_lr=0.4)
+    g_c, _, _ = M.maml_meta_gradient(model_c, params_c, batch_c, inner_steps=2, inner_lr=0.4)
+    assert _maxdiff(g, {k: v.cpu() for k, v in g_c.items()}) < 1e-8
+    kw = dict(inner_steps=3, inner_lr=0.1, lam=2.0, cg_steps=5)
+    h, _, _ = M.imaml_meta_gradient(model, params, batch, **kw)
+    h_c, _, _ = M.imaml_meta_gradient(model_c, params_c, batch_c, **kw)
+    assert _maxdiff(h, {k: v.cpu() for k, v in h_c.items()}) < 1e-8

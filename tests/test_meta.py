@@ -11,6 +11,7 @@ import scipy.linalg
 
 from mnk.meta import (
     NotPositiveDefiniteError,
+    mnk_gram,
     class_centroid_targets,
     class_centroids,
     mnk_predict,
@@ -316,3 +317,75 @@ def test_classification_end_to_end_accuracy():
     acc = per_task_accuracy(predict_labels(pred), teyq)
     res = accuracy_ci(acc)
     assert res["accuracy"] == 1.0 and res["n_tasks"] == 5
+
+
+# ------------------------------------------------------------- low-rank solver
+
+
+@pytest.mark.parametrize("inner_time,normalize_ntk,normalize_mnk",
+                         list(itertools.product([INF, 0.7], [True, False], [True, False])))
+def test_lowrank_solver_matches_reference(inner_time, normalize_ntk, normalize_mnk):
+    # more query positions than images (M = 64 > U <= 24): Phi[train, train] is singular,
+    # only the ridge r2 makes the problem well posed -- the regime the low-rank path is for
+    p = random_problem(seed=13, n_images=24, n_tr=16, n_te=3)
+    for ridge in [(1e-3, 1e-2), (1e-5, 1e-5)]:
+        kw = dict(inner_time=inner_time, ridge=ridge, normalize_ntk=normalize_ntk, normalize_mnk=normalize_mnk)
+        want = ref(p, **kw)
+        scale = max(1.0, np.abs(want).max())
+        np.testing.assert_allclose(call(p, solver="lowrank", **kw), want, rtol=0, atol=1e-8 * scale)
+        np.testing.assert_allclose(call(p, solver="dense", **kw), want, rtol=0, atol=1e-8 * scale)
+
+
+def test_lowrank_solver_few_tasks_and_auto_choice(monkeypatch):
+    import mnk.meta as meta
+
+    p = random_problem(seed=14, n_images=60, n_tr=3)  # M < U: also exact
+    np.testing.assert_allclose(call(p, solver="lowrank"), ref(p), rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="lowrank.*needs meta_time=inf"):
+        call(p, solver="lowrank", meta_time=1.0)
+    with pytest.raises(ValueError, match="solver must be"):
+        call(p, solver="cg")
+    seen = []
+    orig = meta._lowrank_meta_term
+    monkeypatch.setattr(meta, "_lowrank_meta_term", lambda *a: seen.append(1) or orig(*a))
+    call(p)  # M = 12 < 2U: dense
+    assert not seen
+    q = random_problem(seed=15, n_images=10, n_tr=8)  # M = 32 > 2U = 20: lowrank
+    call(q)
+    assert seen
+    call(q, meta_time=1.0)  # finite meta_time: always dense
+    assert len(seen) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("solver,meta_time", [("dense", INF), ("dense", 2.0), ("lowrank", INF)])
+def test_cuda_matches_cpu(solver, meta_time):
+    p = random_problem(seed=16, n_images=24, n_tr=16, n_te=3)
+    kw = dict(solver=solver, meta_time=meta_time, inner_time=0.7)
+    np.testing.assert_allclose(call(p, device="cuda", **kw), call(p, device="cpu", **kw), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("inner_time,normalize_ntk,normalize_mnk",
+                         list(itertools.product([INF, 0.7], [True, False], [True, False])))
+def test_mnk_gram_matches_reference_blocks(inner_time, normalize_ntk, normalize_mnk):
+    """mnk_gram(train tasks) is the Phin the reference uses; check the block formula loop-wise."""
+    p = random_problem(seed=17, n_tr=3)
+    K, S, Q, (r1, r2) = p["K"], p["trS"], p["trQ"], (1e-3, 1e-2)
+    if normalize_ntk:
+        d = np.sqrt(np.diag(K) + r1)
+        Kn = (K + r1 * np.eye(len(K))) / np.outer(d, d)
+    else:
+        Kn = K
+    T = [_ref_fun_matrix(Kn[np.ix_(s, s)], inner_time, r1) for s in S]
+    Phi = np.block([[Kn[np.ix_(Q[i], Q[j])] - Kn[np.ix_(Q[i], S[i])] @ T[i] @ Kn[np.ix_(S[i], Q[j])]
+                     - Kn[np.ix_(Q[i], S[j])] @ T[j].T @ Kn[np.ix_(S[j], Q[j])]
+                     + Kn[np.ix_(Q[i], S[i])] @ T[i] @ Kn[np.ix_(S[i], S[j])] @ T[j].T @ Kn[np.ix_(S[j], Q[j])]
+                     for j in range(3)] for i in range(3)])
+    if normalize_mnk:
+        e = np.sqrt(np.diag(Phi) + r2)
+        Phi = (Phi + r2 * np.eye(len(Phi))) / np.outer(e, e)
+    got = mnk_gram(K, S, Q, inner_time=inner_time, ridge=(r1, r2), normalize_ntk=normalize_ntk,
+                   normalize_mnk=normalize_mnk)
+    np.testing.assert_allclose(got, Phi, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got, got.T, atol=1e-12)

@@ -32,8 +32,11 @@ from mnk.meta import mnk_predict
 
 DIM = 4
 N_TRAIN, N_TEST, N_SUP, N_QRY = 3, 2, 2, 3
-INNER_TIME, INNER_LR = 1.0, 0.01  # 100 inner GD steps
-META_TIME, META_DT = 2.0, 0.1  # 20 Heun steps of the meta gradient flow
+INNER_TIME, INNER_LR = 1.0, 0.02  # 50 inner GD steps
+META_TIME, META_DT = 2.0, 0.2  # 10 Heun steps of the meta gradient flow
+# With these steps the time discretisation alone (infinite width, GD instead of flow)
+# moves the prediction by 0.55% relative (computed in the linearised model), well
+# below the finite-width error at 4096 (~3-4%).
 WIDTHS = (256, 1024, 4096)
 SEEDS = (0, 1)
 
@@ -128,11 +131,12 @@ def maml_predict(width, seed, X, S, Q, Ys, Yq):
 
 
 def empirical_ntk(X, W, w):
-    """J J^T at (W, w) for the network above, from its closed-form gradients."""
+    """J J^T at (W, w) for the network above, from its closed-form gradients (torch)."""
+    X, W, w = (torch.as_tensor(a, dtype=torch.float64) for a in (X, W, w))
     n, d = W.shape
     U = X @ W.T / math.sqrt(d)
-    A, D = np.maximum(U, 0), (U > 0).astype(float)
-    return (2.0 / n) * (A @ A.T + ((D * w**2) @ D.T) * (X @ X.T) / d)
+    A, D = torch.relu(U), (U > 0).to(torch.float64)
+    return ((2.0 / n) * (A @ A.T + ((D * w**2) @ D.T) * (X @ X.T) / d)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -140,11 +144,20 @@ def problem():
     return make_problem()
 
 
-def test_empirical_ntk_matches_analytic(problem):
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: intra-op threading only adds overhead (20x on a busy 2-core VM)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_empirical_ntk_matches_analytic(problem, one_thread):
     X = problem[0]
     g = torch.Generator().manual_seed(0)
-    W = torch.randn(WIDTHS[-1], DIM, generator=g, dtype=torch.float64).numpy()
-    w = torch.randn(WIDTHS[-1], generator=g, dtype=torch.float64).numpy()
+    W = torch.randn(WIDTHS[-1], DIM, generator=g, dtype=torch.float64)
+    w = torch.randn(WIDTHS[-1], generator=g, dtype=torch.float64)
     emp, ana = empirical_ntk(X, W, w), analytic_ntk(X, X)
     rel = np.linalg.norm(emp - ana) / np.linalg.norm(ana)
     assert rel < 0.08, rel  # O(1/sqrt(width)) fluctuation: ~5% at 4096
@@ -156,7 +169,7 @@ def test_empirical_ntk_matches_analytic(problem):
 
 
 @pytest.mark.slow
-def test_wide_maml_converges_to_mnk(problem):
+def test_wide_maml_converges_to_mnk(problem, one_thread):
     X, S, Q, Ys, Yq = problem
     K = analytic_ntk(X, X)
     tr, te = slice(0, N_TRAIN), slice(N_TRAIN, None)

@@ -32,11 +32,9 @@ def planned_jobs(workdir: Path, *args) -> list[tuple[str, str]]:
     """(rule, wildcards) of each job a dry run would run."""
     out = snakemake(workdir, "--dry-run", *args).stdout
     jobs = []
-    for block in out.split("\n\n"):
-        rule = re.search(r"^(?:local)?rule (\w+):", block, re.M)
-        if rule:
-            wildcards = re.search(r"wildcards: (.*)", block)
-            jobs.append((rule.group(1), wildcards.group(1) if wildcards else ""))
+    for match in re.finditer(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", out, re.M):
+        wildcards = re.search(r"wildcards: (.*)", match.group(2))
+        jobs.append((match.group(1), wildcards.group(1).strip() if wildcards else ""))
     return jobs
 
 
@@ -137,19 +135,27 @@ def test_nothing_left_to_do_after_a_run(project):
     assert planned_jobs(project) == []
 
 
-def test_deleted_block_is_the_only_kernel_job_rerun(project):
-    blocks = sorted((project / "results" / "kernels" / "5way1shot-5char-seed0" / "blocks").glob("*.npz"))
+def test_interrupted_kernel_stage_resumes_with_the_missing_block_only(project, tmp_path):
+    """As a run interrupted in the kernel stage leaves it: one block and everything
+    downstream of the kernel stage missing. Only that block is recomputed."""
+    results = project / "results"
+    exp = "5way1shot-5char-seed0"
+    blocks = sorted((results / "kernels" / exp / "blocks").glob("*.npz"))
     assert len(blocks) > 3
     victim = blocks[1]
-    saved = victim.read_bytes()
-    victim.unlink()
+    downstream = [victim, results / "kernels" / exp / "kernel.npz", *sorted((results / "mnk" / exp).iterdir()),
+                  results / "summary.csv", *sorted((results / "figures").iterdir())]
+    moved = {path: tmp_path / f"{i}" for i, path in enumerate(downstream)}
+    for path, aside in moved.items():
+        path.rename(aside)  # keeps mtimes, so the restore below leaves the project as it was
     try:
         jobs = planned_jobs(project)
-        kernel_jobs = [w for rule, w in jobs if rule == "kernel_block"]
-        assert kernel_jobs == [f"exp=5way1shot-5char-seed0, block={victim.stem}"]
+        assert [w for rule, w in jobs if rule == "kernel_block"] == [f"exp={exp}, block={victim.stem}"]
         assert {rule for rule, _ in jobs} == {"kernel_block", "assemble_kernel", "solve_mnk", "aggregate", "figures", "all"}
     finally:
-        victim.write_bytes(saved)
+        for path, aside in moved.items():
+            aside.rename(path)
+    assert planned_jobs(project) == []
 
 
 def test_changing_one_experiment_reruns_only_it(project, tmp_path):

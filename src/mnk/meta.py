@@ -50,12 +50,21 @@ matrices are batched (Cholesky for infinite times, ``eigh`` for finite times). `
 assembled through the factorisation ``Phi = V^T Kn V``, ``V[:, p] = e_{x'_p} - e_{X_i}
 G_i[:, p]`` with ``G_i = T_i Kn[X_i, X'_i]``, i.e. row block ``i`` of ``Phi`` is
 ``A_i[:, X'_j] - A_i[:, X_j] G_j`` with ``A_i = Kn[X'_i, :] - G_i^T Kn[X_i, :]``; rows are
-processed in chunks of tasks (no loop over task pairs). The training block
-``Phin[train, train]`` (``M x M``, ``M = n_train_tasks * n_query``) is dense: it needs
-``8 M^2`` bytes (float64), which is what limits the problem size (see
-:func:`mnk_memory_bytes` and benchmarks/bench_mnk_solver.py). On CPU the Cholesky is done
-in place by LAPACK (scipy, no copy); on CUDA by torch (one copy). Finite ``meta_time``
-needs a dense ``eigh`` of that block (about 10x the Cholesky's cost).
+processed in chunks of tasks (no loop over task pairs).
+
+Two solvers for the meta term (``solver=``):
+
+* ``"dense"``: forms ``Phin[train, train]`` (``M x M``, ``M = n_train_tasks * n_query``,
+  ``8 M^2`` bytes in float64) and ``Phin[test, train]``; Cholesky solve (in place by
+  LAPACK through scipy on CPU, no copy; torch on CUDA, one copy), or a dense ``eigh`` for
+  finite ``meta_time`` (about 10x the Cholesky's cost). Memory limits it: 600 5-way
+  1-shot tasks with 95 queries (M = 57,000) need ~26 GiB for the block alone.
+* ``"lowrank"`` (``meta_time = inf`` only): ``Phi`` has rank <= U (the number of distinct
+  images), so with ``r2 > 0`` the solve is done in the ``U x U`` image space by the
+  push-through identity (see :func:`_lowrank_meta_term`): ``O(U^3)`` time, ``4 U^2``
+  memory, linear in the number of tasks. Exact (same formula), agrees with "dense" to
+  ~1e-9 in the tests and benchmark.
+* ``"auto"`` (default): "lowrank" when ``meta_time = inf`` and ``M > 2 U``, else "dense".
 """
 
 from __future__ import annotations
@@ -72,6 +81,7 @@ from mnk.metrics import per_task_accuracy
 __all__ = [
     "NotPositiveDefiniteError",
     "mnk_predict",
+    "mnk_gram",
     "mnk_memory_bytes",
     "one_hot",
     "class_centroids",
@@ -208,17 +218,18 @@ def _phi_block(Kn, a: _Group, b: _Group, out: torch.Tensor | None = None) -> tor
         out = torch.empty(a.M, b.M, dtype=Kn.dtype, device=Kn.device)
     cq = b.Q.reshape(-1)
     cs = b.S.reshape(-1)
-    per_task = (a.nq + a.ns) * (b.M + b.n * b.ns) * 8 * 2
+    per_task = (a.nq + a.ns) * (Kn.shape[0] + 2 * (b.M + b.n * b.ns)) * 8
     chunk = max(1, min(a.n, _CHUNK_BYTES // max(per_task, 1)))
     for lo in range(0, a.n, chunk):
         hi = min(a.n, lo + chunk)
         n = hi - lo
         qa, sa, Ga = a.Q[lo:hi], a.S[lo:hi], a.G[lo:hi]
-        # A_i = Kn[X'_i, :] - G_i^T Kn[X_i, :], restricted to the columns b needs
-        Aq = Kn[qa.reshape(-1, 1), cq.reshape(1, -1)].view(n, a.nq, b.M)
-        Aq = Aq - Ga.transpose(-1, -2) @ Kn[sa.reshape(-1, 1), cq.reshape(1, -1)].view(n, a.ns, b.M)
-        As = Kn[qa.reshape(-1, 1), cs.reshape(1, -1)].view(n, a.nq, b.n * b.ns)
-        As = As - Ga.transpose(-1, -2) @ Kn[sa.reshape(-1, 1), cs.reshape(1, -1)].view(n, a.ns, b.n * b.ns)
+        # A_i = Kn[X'_i, :] - G_i^T Kn[X_i, :] (all image columns), then the columns b needs
+        A = Kn.index_select(0, qa.reshape(-1)).view(n, a.nq, -1)
+        A = A - Ga.transpose(-1, -2) @ Kn.index_select(0, sa.reshape(-1)).view(n, a.ns, -1)
+        Aq = A.index_select(2, cq)
+        As = A.index_select(2, cs)
+        del A
         # Phi_ij = A_i[:, X'_j] - A_i[:, X_j] G_j
         corr = torch.einsum("iqjs,jsp->iqjp", As.view(n, a.nq, b.n, b.ns), b.G)
         out[lo * a.nq : hi * a.nq] = (Aq - corr.reshape(n, a.nq, b.M)).reshape(n * a.nq, b.M)
@@ -231,6 +242,28 @@ def _phi_diag(Kn, g: _Group, Kss, Ksq) -> torch.Tensor:
     cross = (g.G * Ksq).sum(dim=1)  # diag(Kn[X',X] T Kn[X,X'])
     quad = (g.G * (Kss @ g.G)).sum(dim=1)  # diag(G^T Kss G)
     return (kqq - 2.0 * cross + quad).reshape(-1)
+
+
+def _normalized_subkernel(K, index_arrays, r1, normalize_ntk, dev):
+    """Kn over the distinct images U used (step 1 of the module docstring), on dev; and U."""
+    U = np.unique(np.concatenate([a.ravel() for a in index_arrays]))
+    KU = np.asarray(K[np.ix_(U, U)], dtype=np.float64)
+    _check_finite_kernel(KU, U, "kernel")
+    Kn = torch.as_tensor(KU, device=dev)
+    del KU
+    if normalize_ntk:
+        diag = torch.diagonal(Kn) + r1
+        if bool((diag <= 0).any()):
+            bad = U[torch.nonzero(diag <= 0).flatten()[:5].cpu().numpy()].tolist()
+            raise ValueError(
+                f"kernel diagonal + r1 must be > 0 to normalise (normalize_ntk=True); "
+                f"not so at images {bad}"
+            )
+        Kn.diagonal().add_(r1)
+        d = diag.rsqrt()
+        Kn.mul_(d[:, None]).mul_(d[None, :])
+        Kn.diagonal().fill_(1.0)
+    return Kn, U
 
 
 def _to_device(device):
@@ -258,6 +291,7 @@ def mnk_predict(
     normalize_ntk: bool = True,
     normalize_mnk: bool = True,
     device=None,
+    solver: str = "auto",
 ) -> np.ndarray:
     """MNK regression prediction of the test queries, shape (n_test_tasks, n_test_query, c).
 
@@ -265,7 +299,10 @@ def mnk_predict(
     ``K`` is the base kernel over all images (N x N, indexable with ``np.ix_``, e.g. an
     ndarray or memmap); index arrays are (n_tasks, n_points) integers into K; targets are
     (n_tasks, n_points, c). ``device``: torch device for the computation ("cpu",
-    "cuda"); float64 throughout. Raises ValueError for non-finite kernels and bad shapes
+    "cuda"); float64 throughout. ``solver``: "dense" (forms Phi[train, train], M x M),
+    "lowrank" (meta_time=inf only; never forms an M x M matrix, works in the U x U image
+    space, see :func:`_lowrank_meta_term`) or "auto" (lowrank when meta_time=inf and
+    M > 2 U, U = number of distinct images used; dense otherwise). Raises ValueError for non-finite kernels and bad shapes
     or indices, :class:`NotPositiveDefiniteError` when a Cholesky fails.
     """
     t_in, t_meta = _check_times(inner_time, meta_time)
@@ -296,36 +333,31 @@ def mnk_predict(
     dt = torch.float64
 
     # gather the kernel over the distinct images used, once
-    U = np.unique(np.concatenate([a.ravel() for a in (trS, trQ, teS, teQ)]))
-    KU = np.asarray(K[np.ix_(U, U)], dtype=np.float64)
-    _check_finite_kernel(KU, U, "kernel")
+    Kn, U = _normalized_subkernel(K, [trS, trQ, teS, teQ], r1, normalize_ntk, dev)
     loc = lambda a: torch.as_tensor(np.searchsorted(U, a), device=dev)  # noqa: E731
-    Kn = torch.as_tensor(KU, device=dev)
-    del KU
-    if normalize_ntk:
-        diag = torch.diagonal(Kn) + r1
-        if bool((diag <= 0).any()):
-            bad = U[torch.nonzero(diag <= 0).flatten()[:5].cpu().numpy()].tolist()
-            raise ValueError(
-                f"kernel diagonal + r1 must be > 0 to normalise (normalize_ntk=True); "
-                f"not so at images {bad}"
-            )
-        Kn.diagonal().add_(r1)
-        d = diag.rsqrt()
-        Kn.mul_(d[:, None]).mul_(d[None, :])
-        Kn.diagonal().fill_(1.0)
 
-    T = lambda a: torch.as_tensor(a, dtype=dt, device=dev)  # noqa: E731
+    T = lambda a: torch.tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731  (copies)
     train, Kss_tr, Ksq_tr = _make_group(Kn, loc(trS), loc(trQ), T(ysup_tr), t_in, r1, "train task kernel")
     test, Kss_te, Ksq_te = _make_group(Kn, loc(teS), loc(teQ), T(ysup_te), t_in, r1, "test task kernel")
     f_test = test.f
     if train.n == 0:
         return f_test.cpu().numpy()
 
+    if solver not in ("auto", "dense", "lowrank"):
+        raise ValueError(f"solver must be 'auto', 'dense' or 'lowrank', got {solver!r}")
+    if solver == "lowrank" and not math.isinf(t_meta):
+        raise ValueError("solver='lowrank' needs meta_time=inf (use solver='dense' for finite meta_time)")
+    if solver == "auto":
+        solver = "lowrank" if (math.isinf(t_meta) and train.M > 2 * len(U)) else "dense"
+    if solver == "lowrank":
+        R = (T(yq_tr) - train.f).reshape(train.n, train.nq, c)
+        pred = _lowrank_meta_term(Kn, train, test, R, Kss_tr, Ksq_tr, Kss_te, Ksq_te, r2, normalize_mnk)
+        return (pred + f_test).cpu().numpy()
+
     # Phi blocks: train-train (dense, M x M), test-train, and the test diagonal
     P = _phi_block(Kn, train, train)
     Pet = _phi_block(Kn, test, train)
-    if not bool(torch.isfinite(P).all()) or not bool(torch.isfinite(Pet).all()):
+    if not (math.isfinite(float(P.sum())) and math.isfinite(float(Pet.sum()))):
         raise ValueError("MNK kernel Phi contains NaN/inf (check K's scale and the ridge r1)")
     del Kss_tr, Ksq_tr
     Pdiag_tr = torch.diagonal(P).clone()
@@ -356,6 +388,106 @@ def mnk_predict(
     return (pred.reshape(test.n, test.nq, c) + f_test).cpu().numpy()
 
 
+def mnk_gram(
+    K,
+    support,
+    query,
+    *,
+    inner_time: float = math.inf,
+    ridge: Sequence[float] = (1e-5, 1e-5),
+    normalize_ntk: bool = True,
+    normalize_mnk: bool = True,
+    device=None,
+) -> np.ndarray:
+    """The MNK Gram matrix Phin over the query positions of the given tasks.
+
+    support (n_tasks, n_support), query (n_tasks, n_query) index K; returns the
+    (n_tasks * n_query, n_tasks * n_query) matrix of steps 1-4 of the module docstring
+    (task-major order: row ``i * n_query + q``), i.e. ``Phin`` with unit diagonal when
+    ``normalize_mnk``, else ``Phi``. For inspection and figures; the solver never forms
+    the test-test blocks.
+    """
+    t_in, _ = _check_times(inner_time, 0.0)
+    r1, r2 = _check_ridge(ridge)
+    shape = getattr(K, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"K must be a square (N, N) kernel matrix, got shape {shape}")
+    S = _check_index("support", support, int(shape[0]))
+    Q = _check_index("query", query, int(shape[0]))
+    if S.shape[0] != Q.shape[0]:
+        raise ValueError(f"support has {S.shape[0]} tasks but query has {Q.shape[0]}")
+    dev = _to_device(device)
+    Kn, U = _normalized_subkernel(K, [S, Q], r1, normalize_ntk, dev)
+    loc = lambda a: torch.as_tensor(np.searchsorted(U, a), device=dev)  # noqa: E731
+    zeros = torch.zeros(S.shape[0], S.shape[1], 1, dtype=Kn.dtype, device=dev)
+    g, _, _ = _make_group(Kn, loc(S), loc(Q), zeros, t_in, r1, "task kernel")
+    P = _phi_block(Kn, g, g)
+    if normalize_mnk:
+        d = torch.diagonal(P) + r2
+        if bool((d <= 0).any()):
+            raise ValueError("MNK diagonal + r2 must be > 0 to normalise; use a larger ridge r2")
+        d = d.rsqrt()
+        P.mul_(d[:, None]).mul_(d[None, :])
+        P.diagonal().fill_(1.0)
+    return P.cpu().numpy()
+
+
+def _lowrank_meta_term(Kn, tr: _Group, te: _Group, R, Kss_tr, Ksq_tr, Kss_te, Ksq_te, r2, normalize_mnk):
+    """Phin[test, train] (Phin[train, train] + r2 I)^-1 R without any M x M matrix.
+
+    Phi = V^T Kn V with V (U x M) sparse: column p = (task i, query q) is
+    e_{x'_q} - sum_s G_i[s, q] e_{x_s}. With D = diag((Phi_pp + r2)^-1/2) (identity
+    without normalize_mnk), Phin[train,train] + r2 I = W^T Kn W + Lam with W = V_t D_t and
+    Lam = diag(r2 D_t^2 + r2) (r2 I without normalisation), and Phin[test,train] =
+    D_e V_e^T Kn W. The push-through identity W (Lam + W^T Kn W)^-1 = (I + H Kn)^-1 W Lam^-1
+    with H = W Lam^-1 W^T (U x U, a scatter of per-task (nq+ns)^2 blocks) gives
+
+        prediction = D_e V_e^T Kn u,   u = (I + H Kn)^-1 W Lam^-1 R   (one U x U LU solve).
+
+    I + H Kn is invertible for any PSD Kn (its eigenvalues are 1 + eig(Kn^1/2 H Kn^1/2)), so
+    no factorisation of Kn is needed. Cost O(U^3) time and 4 U^2 memory, O(M) in the tasks.
+    """
+    dev, dt = Kn.device, Kn.dtype
+    Uimg = Kn.shape[0]
+    if normalize_mnk:
+        dtr = (_phi_diag(Kn, tr, Kss_tr, Ksq_tr) + r2).view(tr.n, tr.nq)
+        dte = (_phi_diag(Kn, te, Kss_te, Ksq_te) + r2).view(te.n, te.nq)
+        if bool((dtr <= 0).any()) or bool((dte <= 0).any()):
+            raise ValueError(
+                "MNK diagonal + r2 must be > 0 to normalise (normalize_mnk=True): a task's "
+                "query is (numerically) in the span of its support; use a larger ridge r2"
+            )
+        dtr, dte = dtr.rsqrt(), dte.rsqrt()
+        lam = r2 * dtr**2 + r2
+    else:
+        dtr = torch.ones(tr.n, tr.nq, dtype=dt, device=dev)
+        dte = torch.ones(te.n, te.nq, dtype=dt, device=dev)
+        lam = torch.full((tr.n, tr.nq), r2, dtype=dt, device=dev)
+    if bool((lam <= 0).any()):
+        raise NotPositiveDefiniteError(
+            "solver='lowrank' needs r2 > 0 (Phi[train, train] has rank <= number of images); "
+            "use a larger ridge r2 or solver='dense'"
+        )
+    # per task: B_i = [diag(s); -G_i diag(s)] ((nq+ns) x nq), s = D_t / sqrt(Lam)
+    sc = dtr * lam.rsqrt()  # (n, nq)
+    B = torch.cat([torch.diag_embed(sc), -tr.G * sc[:, None, :]], dim=1)  # (n, nq+ns, nq)
+    J = torch.cat([tr.Q, tr.S], dim=1)  # (n, nq+ns) image (local) indices
+    H = torch.zeros(Uimg, Uimg, dtype=dt, device=dev)
+    H.index_put_((J[:, :, None].expand(-1, -1, J.shape[1]), J[:, None, :].expand(-1, J.shape[1], -1)),
+                 B @ B.transpose(-1, -2), accumulate=True)
+    c = R.shape[-1]
+    b = torch.zeros(Uimg, c, dtype=dt, device=dev)
+    b.index_put_((J,), B @ (R * lam.rsqrt()[..., None]), accumulate=True)  # W Lam^-1 R
+    A = H @ Kn
+    del H
+    A.diagonal().add_(1.0)
+    u = torch.linalg.solve(A, b)
+    del A
+    v = Kn @ u  # (U, c)
+    out = v[te.Q] - te.G.transpose(-1, -2) @ v[te.S]  # V_e^T v, (n_te, nq, c)
+    return out * dte[..., None]
+
+
 def _chol_solve_inplace(A: torch.Tensor, B: torch.Tensor, r2: float) -> torch.Tensor:
     msg = (
         f"MNK train-train matrix (Phin + r2 I, size {A.shape[0]}) is not positive definite "
@@ -377,7 +509,9 @@ def _chol_solve_inplace(A: torch.Tensor, B: torch.Tensor, r2: float) -> torch.Te
 
 
 def mnk_memory_bytes(n_train_tasks: int, n_test_tasks: int, n_query: int, n_images: int) -> int:
-    """Approximate peak memory (bytes, float64) of :func:`mnk_predict` on CPU.
+    """Approximate peak memory (bytes, float64) of :func:`mnk_predict` on CPU, solver="dense".
+
+    (solver="lowrank" needs about ``4 * 8 * U^2`` bytes, U = distinct images used.)
 
     Dominated by the dense train-train MNK block (M x M, M = n_train_tasks * n_query),
     plus the test-train block and the gathered base kernel. On CUDA add another M x M

@@ -72,7 +72,12 @@ class _SpatialMean(nn.Module):
 
 
 def build_network(
-    name: str, *, n_classes: int, image_size: tuple[int, int], hidden: int = 64, in_channels: int = 1
+    name: str,
+    *,
+    n_classes: int,
+    image_size: tuple[int, int],
+    hidden: int = 64,
+    in_channels: int = 1,
 ) -> nn.Module:
     """Build ``conv3`` or ``conv4`` for inputs of shape (B, in_channels, H, W)."""
     if name == "conv3":

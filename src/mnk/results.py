@@ -91,10 +91,16 @@ def plot_cost(summary: pd.DataFrame, png, pdf) -> None:
     kernel = data[data["method"] == "mnk"].assign(Method="MNK kernel stage", wall_seconds=lambda d: d["kernel_seconds"])
     data = pd.concat([data, kernel], ignore_index=True)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    order = [m for m in METHOD_ORDER + ["MNK kernel stage"] if m in set(data["Method"])]
     sns.lineplot(data=data, x="n_train_tasks", y="wall_seconds", hue="Method", style="Method",
-                 markers=True, dashes=False, errorbar=("ci", 95), ax=ax)
+                 hue_order=order, style_order=order, markers=True, dashes=False, errorbar=("ci", 95), ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="training tasks", ylabel="wall time (s)",
            title="Compute cost per experiment")
+    from matplotlib.ticker import FormatStrFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.set_minor_formatter(FormatStrFormatter(""))
     _save(fig, png, pdf)
     plt.close(fig)
 

@@ -159,6 +159,7 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
@@ -280,14 +281,45 @@ start_slurmctld_slurmd() {
     fi
 }
 
+# Clients started inside jobs can't see $SLURM_CONF: the plugin's job step
+# (snakemake-executor-plugin-slurm-jobstep) drops every SLURM_* variable but a
+# few job ids before it calls srun. Without SLURM_CONF, Slurm clients read
+# /etc/slurm/slurm.conf, then /run/slurm/conf/slurm.conf (where a "configless"
+# slurmd caches its config). We link the latter to our config directory.
+RUN_CONF=/run/slurm/conf
+
+link_client_conf() {
+    if [[ -e /etc/slurm/slurm.conf ]]; then
+        die "/etc/slurm/slurm.conf exists: it would shadow this test cluster's config inside jobs"
+    fi
+    if [[ -L $RUN_CONF || -e $RUN_CONF ]]; then
+        local target
+        target=$(readlink "$RUN_CONF" || true)
+        if [[ $target != "$STATE/etc" ]] && pid_alive "$(dirname "$target")/run/slurmctld.pid"; then
+            die "$RUN_CONF points at another running test cluster; stop it first: MNK_SLURM_DIR=$(dirname "$target") $0 stop"
+        fi
+        rm -f "$RUN_CONF"
+    fi
+    mkdir -p "$(dirname "$RUN_CONF")"
+    ln -sfn "$STATE/etc" "$RUN_CONF"
+}
+
+unlink_client_conf() {
+    if [[ -L $RUN_CONF && $(readlink "$RUN_CONF") == "$STATE/etc" ]]; then
+        rm -f "$RUN_CONF"
+    fi
+}
+
 cmd_env() {
     echo "export SLURM_CONF=$STATE/etc/slurm.conf"
 }
 
 cmd_start() {
+    [[ $EUID -eq 0 ]] || die "needs root (daemons, apt-get, /run/munge, /run/slurm)"
     cmd_install
     write_configs
     export SLURM_CONF=$STATE/etc/slurm.conf
+    link_client_conf
     start_munge
     start_mariadb
     start_slurmdbd
@@ -300,6 +332,16 @@ cmd_start() {
 
 cmd_stop() {
     local d pidf pid i
+    export SLURM_CONF=$STATE/etc/slurm.conf
+    if pid_alive "$STATE/run/slurmctld.pid"; then
+        # Cancel what is left (e.g. after an interrupted test) so no job
+        # processes outlive the cluster.
+        timeout 10 scancel --full --quiet --user=root >/dev/null 2>&1 || true
+        for ((i = 0; i < 20; i++)); do
+            [[ -z $(timeout 5 squeue -h -o %i 2>/dev/null) ]] && break
+            sleep 0.5
+        done
+    fi
     for d in "${DAEMONS[@]}"; do
         pidf=$STATE/run/$d.pid
         [[ -f $pidf ]] || continue
@@ -318,6 +360,7 @@ cmd_stop() {
         fi
         rm -f "$pidf"
     done
+    unlink_client_conf
 }
 
 cmd_status() {

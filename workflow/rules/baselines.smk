@@ -5,7 +5,7 @@ rule train_meta_learner:
     input:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
-        lib=package_sources("maml", "metrics"),
+        lib=package_sources("maml", "metrics", "nets"),
     output:
         metrics="results/{method}/{exp}/metrics.json",
         checkpoint="results/{method}/{exp}/checkpoint.pt",
@@ -21,7 +21,7 @@ rule train_meta_learner:
     resources:
         gpu=1 if config["device"] == "cuda" else 0,
     params:
-        options=lambda wildcards: config[wildcards.method]["options"],
+        options=lambda wildcards: canonical(config[wildcards.method]["options"]),
         experiment=experiment,
         device=config["device"],
     script:

@@ -24,6 +24,15 @@ wildcard_constraints:
     block=r"(train|cross|test)-\d+-\d+",
 
 
+def canonical(value):
+    """Dicts with sorted keys, recursively: reordering keys in the config file is no change."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
 def experiment_ids():
     """One id per point of the experiments grid: way x shot x n_characters x seeds."""
     grid = config["tasks"]
@@ -45,11 +54,11 @@ def experiment(wildcards):
 def task_spec(wildcards):
     """Everything that decides an experiment's tasks (params of make_tasks)."""
     keys = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks")
-    return {**experiment(wildcards), **{k: config["tasks"][k] for k in keys}}
+    return canonical({**experiment(wildcards), **{k: config["tasks"][k] for k in keys}})
 
 
 def kernel_params(wildcards=None):
-    return dict(config["kernel"])
+    return canonical(config["kernel"])
 
 
 def kernel_blocks(wildcards):

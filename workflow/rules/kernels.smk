@@ -15,7 +15,7 @@ rule kernel_block:
     retries: 1
     conda:
         "../../envs/kernels.yaml"
-    threads: workflow.cores
+    threads: 8
     resources:
         gpu=1 if config["kernel"]["backend"] == "cuda" else 0,
         runtime=kernel_block_runtime,

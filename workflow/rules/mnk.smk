@@ -16,7 +16,7 @@ rule train_encoder:
         "../../envs/torch.yaml"
     threads: 2
     params:
-        encoder=config["encoder"],
+        encoder=canonical(config["encoder"]),
         seed=lambda wildcards: experiment(wildcards)["seed"],
         device=config["device"],
     script:
@@ -41,7 +41,7 @@ rule solve_mnk:
         "../../envs/torch.yaml"
     threads: 2
     params:
-        mnk=config["mnk"],
+        mnk=canonical(config["mnk"]),
         kernel=kernel_params,
         experiment=experiment,
         device=config["device"],

@@ -51,6 +51,6 @@ rule figures:
     conda:
         "../../envs/results.yaml"
     params:
-        mnk=config["mnk"],
+        mnk=canonical(config["mnk"]),
     script:
         "../../scripts/figures.py"

@@ -1,0 +1,103 @@
+"""Base kernels: the exact convolutional NTK (CNTK) and the fully connected ReLU NTK.
+
+* :func:`cntk_gram` -- CNTK of Arora et al. 2019 (exact recursion documented in
+  :mod:`mnk.kernels.cntk_cpu`), dispatched to the CPU (numba) or the CUDA backend.
+* :func:`ntk_gram` -- fully connected ReLU NTK on flattened inputs (:mod:`mnk.kernels.ntk`).
+* :mod:`mnk.kernels.reference` -- slow direct 4-D float64 reference, for tests.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from mnk.kernels._validate import as_images, check_depth
+from mnk.kernels.ntk import ntk_gram
+
+__all__ = ["cntk_gram", "ntk_gram", "select_backend"]
+
+log = logging.getLogger("mnk.kernels")
+
+_BACKENDS = ("auto", "cpu", "cuda")
+_logged: set[str] = set()
+
+
+def _log_choice(msg: str, *args) -> None:
+    """INFO the first time a given backend decision is made in this process, DEBUG after."""
+    text = msg % args
+    level = logging.DEBUG if text in _logged else logging.INFO
+    _logged.add(text)
+    log.log(level, text)
+
+
+def _cuda_module():
+    """The CUDA backend module if importable and a GPU is usable, else (None, reason)."""
+    try:
+        from mnk.kernels import cntk_cuda  # noqa: PLC0415 (lazy: CuPy is optional)
+    except ImportError as exc:
+        return None, f"mnk.kernels.cntk_cuda not importable ({exc})"
+    try:
+        ok = bool(cntk_cuda.cuda_available())
+    except Exception as exc:  # a broken driver must not break the CPU path
+        return None, f"cuda_available() failed ({type(exc).__name__}: {exc})"
+    if not ok:
+        return None, "cuda_available() is False"
+    return cntk_cuda, ""
+
+
+def select_backend(backend: str = "auto") -> str:
+    """Resolve ``backend`` to "cpu" or "cuda" (raises RuntimeError for an unusable "cuda")."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "cpu":
+        return "cpu"
+    mod, why = _cuda_module()
+    if backend == "cuda":
+        if mod is None:
+            raise RuntimeError(f"cntk_gram(backend='cuda'): no CUDA GPU/CuPy available: {why}")
+        return "cuda"
+    if mod is None:
+        _log_choice("cntk_gram: backend 'auto' -> cpu (%s)", why)
+        return "cpu"
+    _log_choice("cntk_gram: backend 'auto' -> cuda")
+    return "cuda"
+
+
+def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, backend: str = "auto") -> np.ndarray:
+    """Exact CNTK Gram matrix, float64 of shape (len(X), len(Z)).
+
+    X, Z: float arrays (n, H, W) or (n, C, H, W), H, W >= 3, finite.  Z=None means
+    Z = X (symmetric: only the lower triangle is computed, then mirrored).  ``depth`` =
+    number of 3x3 conv layers + 1 (>= 2); ``gap``: global average pooling (mean of the
+    final P x P NTK) else trace; ``fix``: first and last layer fixed.  ``backend``:
+    "cpu", "cuda" or "auto" (cuda when :func:`mnk.kernels.cntk_cuda.cuda_available`).
+    Definition and conventions: :mod:`mnk.kernels.cntk_cpu`.
+    """
+    depth = check_depth(depth)
+    Xi = as_images(X, "X")
+    Zi = None if Z is None else as_images(Z, "Z")
+    if Zi is not None and Zi.shape[1:] != Xi.shape[1:]:
+        raise ValueError(f"X and Z must have the same (C, H, W); got {Xi.shape[1:]} and {Zi.shape[1:]}")
+    chosen = select_backend(backend)
+    if chosen == "cuda" and backend == "auto":
+        from mnk.kernels import cntk_cuda  # noqa: PLC0415
+
+        supports = getattr(cntk_cuda, "supports_shape", None)
+        H, W = Xi.shape[2], Xi.shape[3]
+        if supports is not None and not supports(H, W):
+            _log_choice("cntk_gram: backend 'auto' -> cpu (CUDA backend does not support %dx%d images)", H, W)
+            chosen = "cpu"
+    if chosen == "cuda":
+        from mnk.kernels.cntk_cuda import cntk_gram_cuda  # noqa: PLC0415
+
+        K = np.asarray(cntk_gram_cuda(Xi, Zi, depth=depth, gap=bool(gap), fix=bool(fix)), dtype=np.float64)
+        expect = (len(Xi), len(Xi) if Zi is None else len(Zi))
+        if K.shape != expect:
+            raise RuntimeError(f"cntk_gram_cuda returned shape {K.shape}, expected {expect}")
+        if not np.all(np.isfinite(K)):
+            raise FloatingPointError("cntk_gram_cuda returned non-finite values")
+        return K
+    from mnk.kernels.cntk_cpu import cntk_gram_cpu  # noqa: PLC0415 (numba import is slow)
+
+    return cntk_gram_cpu(Xi, Zi, depth=depth, gap=gap, fix=fix)

@@ -63,3 +63,13 @@ def as_vectors(A, name: str) -> np.ndarray:
     if A.size:
         _check_finite(A, name)
     return A
+
+
+def as_image_pair(X, Z):
+    """Validated (X, Z, symmetric) for a Gram matrix between X and Z (Z=None: Z = X)."""
+    X = as_images(X, "X")
+    symmetric = Z is None
+    Zi = X if symmetric else as_images(Z, "Z")
+    if Zi.shape[1:] != X.shape[1:]:
+        raise ValueError(f"X and Z must have the same (C, H, W); got {X.shape[1:]} and {Zi.shape[1:]}")
+    return X, Zi, symmetric

@@ -50,12 +50,17 @@ Algorithm
 The 4-D recursion only couples entries with the same offset r = q - p, so it splits into
 (2H-1)(2W-1) independent 2-D slices ``s_r(p) = Sigma(p, p + r)``, each living on the
 (H-|r_y|) x (W-|r_x|) rectangle where both pixels exist; ``B`` becomes a zero-padded 3x3
-box filter on that rectangle (done separably), and the ReLU step is elementwise.  All
-layers of one slice stay in L1 cache.  ``lx``/``lz`` per layer are computed once per
-image from the zero-offset slice only (O(depth P)).  ``gap=False`` needs only r = 0.
-Per pair the cost is O(depth P^2) (gap) or O(depth P) (trace); pairs run in parallel with
-numba ``prange`` (thread count: ``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``).
-The arc-cosine is :func:`mnk.kernels._acos.pi_minus_acos` so the inner loop vectorises.
+box filter on that rectangle (done separably), and the ReLU step is elementwise.  A slice
+is stored flat on a zero-bordered grid, so all layers of one slice stay in L1 cache and
+every pass is a plain vectorisable loop.  ``lx``/``lz`` per layer are computed once per
+image from the zero-offset slice only (O(depth P), :func:`image_layer_norms`).
+``gap=False`` needs only r = 0.  Per pair the cost is O(depth P^2) (gap) or O(depth P)
+(trace); pairs run in parallel with numba ``prange`` (threads: ``NUMBA_NUM_THREADS`` or
+``numba.set_num_threads``).  The arc-cosine is :func:`mnk.kernels._acos.pi_minus_acos`
+(fdlibm's rational approximation, branch-free) so the ReLU step vectorises.  All
+arithmetic is IEEE float64 without fast-math; results agree with the direct 4-D
+recursion (:mod:`mnk.kernels.reference`) to ~1e-15 relative.  Bitwise-identical images
+(the diagonal of a symmetric Gram matrix, duplicates) get correlation exactly 1 on p == q.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ import numpy as np
 from numba import njit, prange
 
 from mnk.kernels._acos import pi_minus_acos
-from mnk.kernels._validate import as_images, check_depth
+from mnk.kernels._validate import as_image_pair, check_depth
 
 __all__ = ["cntk_gram_cpu", "image_layer_norms"]
 
@@ -89,7 +94,7 @@ def _box3(A, HB, h, w):
             A[u + 1, v + 1] = HB[u, v] + HB[u + 1, v] + HB[u + 2, v]
 
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+@njit(cache=True, fastmath=False, error_model="numpy")
 def image_layer_norms(X, depth):
     """``L[n, h-1] = sqrt(Sigma^h(x_n, x_n)(p, p))`` for h = 1..depth-1, and ``1/L`` (0 where L = 0).
 
@@ -98,7 +103,7 @@ def image_layer_norms(X, depth):
     n, C, H, W = X.shape
     L = np.empty((n, depth - 1, H, W))
     iL = np.empty((n, depth - 1, H, W))
-    for k in prange(n):
+    for k in range(n):
         A = np.zeros((H + 2, W + 2))
         HB = np.zeros((H + 2, W))
         for u in range(H):
@@ -123,27 +128,40 @@ def image_layer_norms(X, depth):
 
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _box3_flat(A, HB, h, w):
-    """In place 3x3 box sum on the flat padded grid A ((h+2) x (w+2), zero border kept)."""
+    """In place 3x3 box sum on the flat zero-bordered (h+2) x (w+2) grid A (border kept 0).
+
+    Loops run over views from index 0 so that numba's negative-index wraparound check
+    folds away and LLVM vectorises them.
+    """
     P = w + 2
     n = (h + 2) * P
     HB[0] = 0.0
     HB[n - 1] = 0.0
-    for k in range(1, n - 1):
-        HB[k] = A[k - 1] + A[k] + A[k + 1]
-    for k in range(P, (h + 1) * P):
-        A[k] = HB[k - P] + HB[k] + HB[k + P]
+    a0 = A[0 : n - 2]
+    a1 = A[1 : n - 1]
+    a2 = A[2:n]
+    hb = HB[1 : n - 1]
+    for k in range(n - 2):
+        hb[k] = a0[k] + a1[k] + a2[k]
+    m = h * P
+    top = HB[0:m]
+    mid = HB[P : P + m]
+    bot = HB[2 * P : 2 * P + m]
+    out = A[P : P + m]
+    for k in range(m):
+        out[k] = top[k] + mid[k] + bot[k]
     for u in range(1, h + 1):
         A[u * P] = 0.0
         A[u * P + w + 1] = 0.0
 
 
 @njit(cache=True, fastmath=False, error_model="numpy")
-def _slice_sum(x, z, Lx, iLx, Lz, iLz, a, b, force, depth, fix, S, T, HB, LL, ILL):
+def _slice_sum(x, z, LIx, LIz, a, b, force, depth, fix, S, T, HS):
     """Sum over the offset-(a, b) slice of the final NTK (minus NNGP if fix) for one pair.
 
     The slice lives on the h x w rectangle of pixels p with p and p + (a, b) both in the
-    image; it is stored flat on a zero-bordered (h+2) x (w+2) grid so every pass is one
-    long vectorisable loop (the border has LL = ILL = 0 and so stays exactly 0).
+    image; it is stored flat on a zero-bordered (h+2) x (w+2) grid (border exactly 0).
+    ``LIx``/``LIz``: flat packed per-layer norms of x / z (see :func:`_relu_rows`).
     """
     C, H, W = x.shape
     i0 = -a if a < 0 else 0
@@ -154,8 +172,6 @@ def _slice_sum(x, z, Lx, iLx, Lz, iLz, a, b, force, depth, fix, S, T, HB, LL, IL
     n = (h + 2) * P
     for k in range(n):
         S[k] = 0.0
-        LL[k] = 0.0
-        ILL[k] = 0.0
     # Sigma^0 on the slice, then the first conv
     for u in range(h):
         for v in range(w):
@@ -163,56 +179,94 @@ def _slice_sum(x, z, Lx, iLx, Lz, iLz, a, b, force, depth, fix, S, T, HB, LL, IL
             for c in range(C):
                 acc += x[c, i0 + u, j0 + v] * z[c, i0 + u + a, j0 + v + b]
             S[(u + 1) * P + v + 1] = acc
-    _box3_flat(S, HB, h, w)
     if fix:
         for k in range(n):
             T[k] = 0.0
     else:
         for k in range(n):
             T[k] = S[k]
-    lo = P
-    hi = (h + 1) * P
-    total = 0.0
+    _box3_flat(S, HS, h, w)
+    _box3_flat(T, HS, h, w)
+    HWs = H * W
+    fixf = 1.0 if fix else 0.0
     for layer in range(depth - 1):
-        for u in range(h):
-            base = (u + 1) * P + 1
-            for v in range(w):
-                LL[base + v] = Lx[layer, i0 + u, j0 + v] * Lz[layer, i0 + u + a, j0 + v + b]
-                ILL[base + v] = iLx[layer, i0 + u, j0 + v] * iLz[layer, i0 + u + a, j0 + v + b]
+        offx = 2 * layer * HWs + i0 * W + j0
+        offz = 2 * layer * HWs + (i0 + a) * W + j0 + b
         if layer < depth - 2:
-            for k in range(lo, hi):
-                c = S[k] * ILL[k]
-                c = 1.0 if c > 1.0 else c
-                c = -1.0 if c < -1.0 else c
-                if force:
-                    c = 1.0
-                pm = pi_minus_acos(c)
-                bs = (c * pm + math.sqrt(1.0 - c * c)) * LL[k] * _INV_NINE_PI
-                T[k] = T[k] * (pm * _INV_NINE_PI) + bs
-                S[k] = bs
-            _box3_flat(S, HB, h, w)
-            _box3_flat(T, HB, h, w)
-        else:  # last ReLU step: only the sum is needed
-            for k in range(lo, hi):
-                c = S[k] * ILL[k]
-                c = 1.0 if c > 1.0 else c
-                c = -1.0 if c < -1.0 else c
-                if force:
-                    c = 1.0
-                pm = pi_minus_acos(c)
-                bs = (c * pm + math.sqrt(1.0 - c * c)) * LL[k] * _INV_NINE_PI
-                tk = T[k] * (pm * _INV_NINE_PI) + bs
-                S[k] = tk - bs if fix else tk
-            for k in range(lo, hi):
-                total += S[k]
+            _relu_rows(S, T, LIx, LIz, h, w, P, W, HWs, offx, offz, force)
+            _box3_flat(S, HS, h, w)
+            _box3_flat(T, HS, h, w)
+        else:  # last ReLU step: S <- T~ - S~ (fix) or T~
+            _relu_rows_last(S, T, LIx, LIz, h, w, P, W, HWs, offx, offz, force, fixf)
+    total = 0.0
+    for u in range(h):
+        ks = (u + 1) * P + 1
+        for v in range(w):
+            total += S[ks + v]
     return total
 
 
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _relu_rows(S, T, LIx, LIz, h, w, P, W, HW, offx, offz, force):
+    """The ReLU step (Arora's ``trans``) on the h x w interior of a slice:
+    T <- T D~ + S~, S <- S~.
+
+    ``LIx``: x's packed per-layer norms, layer l at ``l * 2 HW`` (sqrt variances, then their
+    reciprocals at ``+ HW``); row u of the slice reads them at ``offx + u W + v`` (z: offz).
+    The only branches are selects, and only S, T are written, so the loop vectorises.
+    """
+    for u in range(h):
+        ks = (u + 1) * P + 1
+        kx = offx + u * W
+        kz = offz + u * W
+        srow = S[ks : ks + w]
+        trow = T[ks : ks + w]
+        lx = LIx[kx : kx + w]
+        ilx = LIx[HW + kx : HW + kx + w]
+        lz = LIz[kz : kz + w]
+        ilz = LIz[HW + kz : HW + kz + w]
+        for v in range(w):
+            c = srow[v] * (ilx[v] * ilz[v])
+            c = 1.0 if c > 1.0 else c
+            c = -1.0 if c < -1.0 else c
+            c = 1.0 if force else c
+            pm = pi_minus_acos(c)
+            bs = (c * pm + math.sqrt(1.0 - c * c)) * (lx[v] * lz[v]) * _INV_NINE_PI
+            trow[v] = trow[v] * (pm * _INV_NINE_PI) + bs
+            srow[v] = bs
+
+
+@njit(cache=True, fastmath=False, error_model="numpy")
+def _relu_rows_last(S, T, LIx, LIz, h, w, P, W, HW, offx, offz, force, fixf):
+    """The last ReLU step: S <- T D~ + S~ - fixf S~ (fixf = 1 with fixed layers, else 0)."""
+    for u in range(h):
+        ks = (u + 1) * P + 1
+        kx = offx + u * W
+        kz = offz + u * W
+        srow = S[ks : ks + w]
+        trow = T[ks : ks + w]
+        lx = LIx[kx : kx + w]
+        ilx = LIx[HW + kx : HW + kx + w]
+        lz = LIz[kz : kz + w]
+        ilz = LIz[HW + kz : HW + kz + w]
+        for v in range(w):
+            c = srow[v] * (ilx[v] * ilz[v])
+            c = 1.0 if c > 1.0 else c
+            c = -1.0 if c < -1.0 else c
+            c = 1.0 if force else c
+            pm = pi_minus_acos(c)
+            bs = (c * pm + math.sqrt(1.0 - c * c)) * (lx[v] * lz[v]) * _INV_NINE_PI
+            srow[v] = trow[v] * (pm * _INV_NINE_PI) + bs - fixf * bs
+
+
 @njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
-def _pairs_kernel(X, Z, LX, iLX, LZ, iLZ, pi, pj, same, depth, gap, fix):
-    """K for the pairs (X[pi[k]], Z[pj[k]]); returns float64 (len(pi),)."""
+def _pairs_kernel(X, Z, LIX, LIZ, pi, pj, same, depth, gap, fix):
+    """K for the pairs (X[pi[k]], Z[pj[k]]); returns float64 (len(pi),).
+
+    LIX: (len(X), depth-1, 2, H, W) packed norms (:func:`pack_layer_norms`), LIZ for Z.
+    """
     npairs = pi.shape[0]
-    C, H, W = X.shape[1], X.shape[2], X.shape[3]
+    H, W = X.shape[2], X.shape[3]
     out = np.empty(npairs)
     rng_a = H - 1 if gap else 0
     rng_b = W - 1 if gap else 0
@@ -221,18 +275,24 @@ def _pairs_kernel(X, Z, LX, iLX, LZ, iLZ, pi, pj, same, depth, gap, fix):
         nbuf = (H + 2) * (W + 2)
         S = np.empty(nbuf)
         T = np.empty(nbuf)
-        HB = np.empty(nbuf)
-        LL = np.empty(nbuf)
-        ILL = np.empty(nbuf)
+        HS = np.empty(nbuf)
         i = pi[k]
         j = pj[k]
+        lix = LIX[i].reshape(-1)
+        liz = LIZ[j].reshape(-1)
         total = 0.0
         for a in range(-rng_a, rng_a + 1):
             for b in range(-rng_b, rng_b + 1):
                 force = same[k] and a == 0 and b == 0
-                total += _slice_sum(X[i], Z[j], LX[i], iLX[i], LZ[j], iLZ[j], a, b, force, depth, fix, S, T, HB, LL, ILL)
+                total += _slice_sum(X[i], Z[j], lix, liz, a, b, force, depth, fix, S, T, HS)
         out[k] = total / norm
     return out
+
+
+def pack_layer_norms(X: np.ndarray, depth: int) -> np.ndarray:
+    """(n, depth-1, 2, H, W): per layer ``sqrt(Sigma^h(x,x)(p,p))`` then its reciprocal (0 for 0)."""
+    L, iL = image_layer_norms(X, depth)
+    return np.ascontiguousarray(np.stack([L, iL], axis=2))
 
 
 def _image_keys(X: np.ndarray, Z: np.ndarray | None):
@@ -258,37 +318,33 @@ def cntk_gram_cpu(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False)
     depth = check_depth(depth)
     gap = bool(gap)
     fix = bool(fix)
-    X = as_images(X, "X")
-    symmetric = Z is None
-    Zi = X if symmetric else as_images(Z, "Z")
-    if Zi.shape[1:] != X.shape[1:]:
-        raise ValueError(f"X and Z must have the same (C, H, W); got {X.shape[1:]} and {Zi.shape[1:]}")
+    X, Zi, symmetric = as_image_pair(X, Z)
     n, m = len(X), len(Zi)
     K = np.empty((n, m), dtype=np.float64)
     if n == 0 or m == 0:
         return K
     kx, kz = _image_keys(X, None if symmetric else Zi)
     _, _, H, W = X.shape
-    per_image = 2 * (depth - 1) * H * W * 8
+    per_image = 3 * (depth - 1) * H * W * 8  # packed norms (+ transient L, iL)
     csize = max(1, _CHUNK_BYTES // (2 * per_image))
     xch = _chunks(n, csize)
     zch = xch if symmetric else _chunks(m, csize)
     for ci, (x0, x1) in enumerate(xch):
-        LX, iLX = image_layer_norms(X[x0:x1], depth)
+        LIX = pack_layer_norms(X[x0:x1], depth)
         for cj, (z0, z1) in enumerate(zch):
             if symmetric and cj > ci:
                 break
             if symmetric and cj == ci:
-                LZ, iLZ = LX, iLX
+                LIZ = LIX
                 ii, jj = np.tril_indices(x1 - x0)
             else:
-                LZ, iLZ = image_layer_norms(Zi[z0:z1], depth)
+                LIZ = pack_layer_norms(Zi[z0:z1], depth)
                 ii, jj = np.indices((x1 - x0, z1 - z0)).reshape(2, -1)
             ii = np.ascontiguousarray(ii, dtype=np.int64)
             jj = np.ascontiguousarray(jj, dtype=np.int64)
             same = kx[x0 + ii] == kz[z0 + jj]
             vals = _pairs_kernel(
-                X[x0:x1], Zi[z0:z1], LX, iLX, LZ, iLZ, ii, jj, same, depth, gap, fix
+                X[x0:x1], Zi[z0:z1], LIX, LIZ, ii, jj, same, depth, gap, fix
             )
             K[x0 + ii, z0 + jj] = vals
     if symmetric:

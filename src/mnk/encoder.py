@@ -1,0 +1,180 @@
+"""Label encoder: a small supervised CNN whose penultimate features are MNK targets.
+
+The original MNK code replaces one-hot targets by "label encodings": a small CNN is
+pre-trained with supervision on the *training* characters only, and its penultimate
+features serve as regression targets (each class's target is its centroid within a
+task, see mnk.meta.class_centroid_targets; a test query is assigned to the nearest
+support-class centroid, mnk.meta.predict_labels).
+
+Architecture: 3 x [conv 3x3 (padding 1, ``width`` channels), BatchNorm, ReLU, max-pool
+2x2], global average pool -> ``width`` features (the encoding), linear classifier head.
+Training (original settings): Adam lr 1e-3, batch 16, 50 epochs, cross-entropy; one
+image per class is held out to watch overfitting (history["val_*"]). Seeded: the same
+seed and data give the same model on CPU (tested); on CUDA up to cuDNN's own
+nondeterminism (set torch.backends.cudnn.deterministic for bitwise repeats).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mnk.io import atomic_path
+
+__all__ = ["LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
+
+
+class LabelEncoder(nn.Module):
+    def __init__(self, n_classes: int, width: int = 250, in_channels: int = 1):
+        super().__init__()
+        self.config = dict(n_classes=int(n_classes), width=int(width), in_channels=int(in_channels))
+        layers: list[nn.Module] = []
+        c = in_channels
+        for _ in range(3):
+            layers += [
+                nn.Conv2d(c, width, 3, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            c = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(width, n_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _as_input(images: np.ndarray) -> torch.Tensor:
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("images contain NaN/inf")
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def _holdout_split(labels: np.ndarray, rng: np.random.Generator):
+    """One image per class (classes with >= 2 images) held out for validation."""
+    val = []
+    for k in np.unique(labels):
+        idx = np.nonzero(labels == k)[0]
+        if idx.size >= 2:
+            val.append(rng.choice(idx))
+    val = np.sort(np.array(val, dtype=np.int64))
+    train = np.setdiff1d(np.arange(labels.size), val)
+    return train, val
+
+
+@torch.no_grad()
+def _evaluate(model, x, y, device, batch_size=256):
+    model.eval()
+    loss = correct = 0.0
+    for lo in range(0, len(x), batch_size):
+        xb, yb = x[lo : lo + batch_size].to(device), y[lo : lo + batch_size].to(device)
+        out = model(xb)
+        loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
+        correct += (out.argmax(1) == yb).sum().item()
+    return loss / max(len(x), 1), correct / max(len(x), 1)
+
+
+def train_label_encoder(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    width: int = 250,
+    epochs: int = 50,
+    lr: float = 1e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[LabelEncoder, dict[str, Any]]:
+    """Train the label encoder on (training-character) images with supervision.
+
+    images (N, H, W) float32; labels (N,) ints (any values; remapped to 0..C-1, the map
+    is in history["classes"]). Returns (model in eval mode on ``device``, history) with
+    per-epoch train_loss, train_acc, val_loss, val_acc (val: one held-out image per
+    class; empty lists if no class has two images).
+    """
+    from tqdm.auto import tqdm
+
+    x = _as_input(images)
+    labels = np.asarray(labels)
+    if labels.shape != (x.shape[0],):
+        raise ValueError(f"labels must have shape ({x.shape[0]},), got {labels.shape}")
+    classes, y_np = np.unique(labels, return_inverse=True)
+    y = torch.from_numpy(y_np.astype(np.int64))
+
+    rng = np.random.default_rng(seed)
+    tr_idx, val_idx = _holdout_split(y_np, rng)
+    torch.manual_seed(seed)
+    model = LabelEncoder(len(classes), width=width, in_channels=x.shape[1]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+
+    hist: dict[str, Any] = dict(train_loss=[], train_acc=[], val_loss=[], val_acc=[],
+                                classes=classes.tolist(), n_train=int(tr_idx.size), n_val=int(val_idx.size))
+    x_tr, y_tr = x[tr_idx], y[tr_idx]
+    bar = tqdm(range(epochs), desc="label encoder", disable=not progress)
+    for _ in bar:
+        model.train()
+        perm = torch.randperm(len(x_tr), generator=gen)
+        tot = correct = 0.0
+        for lo in range(0, len(perm), batch_size):
+            b = perm[lo : lo + batch_size]
+            if len(b) < 2 and len(perm) >= 2:  # BatchNorm needs >1 sample: skip a last singleton
+                continue
+            xb, yb = x_tr[b].to(device), y_tr[b].to(device)
+            out = model(xb)
+            loss = nn.functional.cross_entropy(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += loss.item() * len(b)
+            correct += (out.argmax(1) == yb).sum().item()
+        hist["train_loss"].append(tot / len(perm))
+        hist["train_acc"].append(correct / len(perm))
+        if val_idx.size:
+            vl, va = _evaluate(model, x[val_idx], y[val_idx], device)
+            hist["val_loss"].append(vl)
+            hist["val_acc"].append(va)
+            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", val_acc=f"{va:.3f}")
+        else:
+            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}")
+    model.eval()
+    return model, hist
+
+
+@torch.no_grad()
+def encode(model: LabelEncoder, images: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
+    """Penultimate (globally pooled) features: (N, H, W) images -> (N, width) float32."""
+    x = _as_input(images)
+    model = model.to(device).eval()
+    out = [model.embed(x[lo : lo + batch_size].to(device)).cpu() for lo in range(0, len(x), batch_size)]
+    if not out:
+        return np.zeros((0, model.config["width"]), dtype=np.float32)
+    return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def save_encoder(model: LabelEncoder, path: str | os.PathLike) -> None:
+    """Save config + weights atomically (torch.save of plain tensors and ints)."""
+    state = {"config": model.config, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_encoder(path: str | os.PathLike, device: str = "cpu") -> LabelEncoder:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = LabelEncoder(**state["config"])
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval()

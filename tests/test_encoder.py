@@ -1,0 +1,75 @@
+"""Label encoder on tiny synthetic data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mnk.encoder import encode, load_encoder, save_encoder, train_label_encoder
+
+
+@pytest.fixture(scope="module")
+def data():
+    """4 classes of 12x12 images: a bright square in a class-specific corner, plus noise."""
+    rng = np.random.default_rng(0)
+    n_per, k = 6, 4
+    imgs = 0.3 * rng.standard_normal((n_per * k, 12, 12)).astype(np.float32)
+    labels = np.repeat(np.arange(k) * 10 + 3, n_per)  # arbitrary label values
+    for i, lab in enumerate(labels):
+        c = (lab - 3) // 10
+        r0, c0 = 6 * (c // 2), 6 * (c % 2)
+        imgs[i, r0 : r0 + 6, c0 : c0 + 6] += 1.0
+    return imgs, labels
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+KW = dict(width=8, epochs=8, lr=1e-2, batch_size=4, progress=False)
+
+
+def test_training_reduces_loss_and_encodes(data):
+    imgs, labels = data
+    model, hist = train_label_encoder(imgs, labels, seed=0, **KW)
+    assert len(hist["train_loss"]) == 8 and len(hist["val_acc"]) == 8
+    assert hist["n_val"] == 4 and hist["n_train"] == 20  # one held-out image per class
+    assert hist["train_loss"][-1] < 0.5 * hist["train_loss"][0]
+    assert hist["classes"] == [3, 13, 23, 33]
+    feats = encode(model, imgs, "cpu")
+    assert feats.shape == (24, 8) and feats.dtype == np.float32
+    assert np.all(np.isfinite(feats))
+
+
+def test_deterministic_with_seed(data):
+    imgs, labels = data
+    kw = dict(KW, epochs=2)
+    m1, h1 = train_label_encoder(imgs, labels, seed=3, **kw)
+    m2, h2 = train_label_encoder(imgs, labels, seed=3, **kw)
+    m3, _ = train_label_encoder(imgs, labels, seed=4, **kw)
+    assert h1["train_loss"] == h2["train_loss"]
+    np.testing.assert_array_equal(encode(m1, imgs, "cpu"), encode(m2, imgs, "cpu"))
+    assert not np.array_equal(encode(m1, imgs, "cpu"), encode(m3, imgs, "cpu"))
+
+
+def test_save_load_round_trip(data, tmp_path):
+    imgs, labels = data
+    model, _ = train_label_encoder(imgs, labels, seed=0, **dict(KW, epochs=1))
+    path = tmp_path / "sub" / "encoder.pt"
+    save_encoder(model, path)
+    assert path.exists() and not list(path.parent.glob(".encoder.pt.*"))  # no temp left
+    loaded = load_encoder(path)
+    np.testing.assert_array_equal(encode(model, imgs, "cpu"), encode(loaded, imgs, "cpu"))
+
+
+def test_bad_input_messages(data):
+    imgs, labels = data
+    with pytest.raises(ValueError, match=r"labels must have shape \(24,\)"):
+        train_label_encoder(imgs, labels[:-1], **KW)
+    with pytest.raises(ValueError, match=r"images must be \(N, H, W\)"):
+        train_label_encoder(imgs[0], labels, **KW)
