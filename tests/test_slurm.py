@@ -2,9 +2,11 @@
 
 Opt-in: MNK_TEST_SLURM=1 (CI sets it). Needs root and the Debian 12 packages that
 tests/slurm/cluster.sh installs (apt-get) when missing. The cluster lives in a temporary
-folder for the module and is always torn down. Every Snakemake run goes through the
-user-facing profile profiles/slurm; only test knobs (faster first status check, the
-test partition/account through MNK_SLURM_*) are added here.
+folder for the module and is always torn down (tests/slurm/cluster.sh start|stop).
+Every Snakemake run goes through the user-facing profile profiles/slurm, with the test
+partition/account given the way users give theirs (MNK_SLURM_PARTITION/ACCOUNT) and only
+test knobs added: the first status check after 1 s instead of 40 s, and for the real
+workflow a GPU request on the kernel blocks and 1 CPU per block (the node has 2).
 """
 
 from __future__ import annotations
@@ -108,41 +110,6 @@ def test_cluster_runs_a_gpu_job_and_accounts_for_it(cluster, tmp_path):
     assert "gres/gpu=1" in row["AllocTRES"], row
 
 
-def test_smoke_workflow_runs_on_slurm_with_fake_gpus(cluster, tmp_path):
-    work = tmp_path / "slurm"
-    work.mkdir()
-    result = cluster.snakemake("--profile", str(PROFILE), *TEST_ARGS, "--snakefile", str(SMOKE_SNAKEFILE),
-                               "--directory", str(work), cwd=work, timeout=420)
-    assert result.returncode == 0, tail(result)
-
-    jobs = submissions(result)
-    rules = sorted(rule for _, rule, _ in jobs)
-    # every job but the local rule `all` went to SLURM, each exactly once
-    assert rules == ["assemble", "gpu_block", "gpu_block", "gpu_block", "make_input"], tail(result)
-    rows = cluster.sacct([job_id for job_id, _, _ in jobs])
-    for job_id, rule, _ in jobs:
-        row = rows[job_id]
-        assert (row["State"], row["ExitCode"]) == ("COMPLETED", "0:0"), row
-        assert (row["Account"], row["Partition"]) == ("mnk", "debug"), row
-        # GPU rules got one (fake) GPU, CPU rules none
-        assert ("gres/gpu=1" in row["AllocTRES"]) == (rule == "gpu_block"), row
-        assert f"rule_{rule}" in row["Comment"], row
-
-    gpu_job_ids = {job_id for job_id, rule, _ in jobs if rule == "gpu_block"}
-    for env_file in sorted((work / "env").glob("*.txt")):
-        seen = dict(item.split("=", 1) for item in env_file.read_text().split())
-        assert seen["CUDA_VISIBLE_DEVICES"] in {"0", "1"}, env_file.read_text()
-        assert seen["SLURM_JOB_ID"] in gpu_job_ids
-
-    # the same workflow run locally gives the same outputs
-    local = tmp_path / "local"
-    local.mkdir()
-    run = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--snakefile", str(SMOKE_SNAKEFILE)],
-                         cwd=local, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, tail(run)
-    assert (work / "result.txt").read_text() == (local / "result.txt").read_text()
-
-
 def wait_for(predicate, timeout: float, what: str, interval=1.0):
     end = time.monotonic() + timeout
     while not predicate():
@@ -151,37 +118,67 @@ def wait_for(predicate, timeout: float, what: str, interval=1.0):
         time.sleep(interval)
 
 
-def test_interrupted_run_cancels_its_jobs_and_resumes_with_the_missing_block(cluster, tmp_path):
-    args = ["--profile", str(PROFILE), *TEST_ARGS, "--snakefile", str(SMOKE_SNAKEFILE), "--directory", str(tmp_path)]
+def test_smoke_workflow_on_fake_gpus_interrupted_and_resumed(cluster, tmp_path):
+    work = tmp_path / "slurm"
+    work.mkdir()
+    args = ["--profile", str(PROFILE), *TEST_ARGS, "--snakefile", str(SMOKE_SNAKEFILE), "--directory", str(work)]
+
+    # 1. A run interrupted (Ctrl-C) while block b0 still runs and b1, b2 are done.
     log = tmp_path / "first-run.log"
     with open(log, "w") as out:
-        # block b0 hangs; b1 and b2 finish
-        first = subprocess.Popen([str(BIN / "snakemake"), *args], cwd=tmp_path, stdout=out,
-                                 stderr=subprocess.STDOUT, env={**cluster.env, "MNK_SMOKE_HOLD": "b0"})
+        first = subprocess.Popen([str(BIN / "snakemake"), *args], cwd=work, stdout=out, stderr=subprocess.STDOUT,
+                                 env={**cluster.env, "MNK_SMOKE_HOLD": "b0"})  # b0 hangs
         try:
-            wait_for(lambda: log.read_text().count("(Rule: gpu_block)") == 2 and "rule_gpu_block/b0/" in log.read_text(),
-                     300, "blocks b1 and b2 to finish while b0 runs")
-            first.send_signal(signal.SIGINT)  # what Ctrl-C does
+            wait_for(lambda: log.read_text().count("(Rule: gpu_block)") == 2
+                     and "rule_gpu_block/b0/" in log.read_text(), 300, "b1 and b2 to finish while b0 runs")
+            first.send_signal(signal.SIGINT)
             first.wait(timeout=120)
         finally:
             if first.poll() is None:
                 first.kill()
     text = log.read_text()
     assert first.returncode != 0, text[-4000:]
-    jobs = submissions(subprocess.CompletedProcess([], first.returncode, text, ""))
-    held = [job_id for job_id, rule, path in jobs if "rule_gpu_block/b0/" in path]
+    first_jobs = submissions(subprocess.CompletedProcess([], first.returncode, text, ""))
+    held = [job_id for job_id, _, path in first_jobs if "rule_gpu_block/b0/" in path]
     assert len(held) == 1, text[-4000:]
-    # Snakemake cancelled the job it left behind
+    # Snakemake cancelled the job it was waiting for
     assert cluster.sacct(held)[held[0]]["State"].startswith("CANCELLED"), text[-4000:]
-    assert cluster.run("squeue", "-h", "-o", "%i").stdout.strip() == ""
-    assert not (tmp_path / "blocks" / "b0.txt").exists()
+    wait_for(lambda: cluster.run("squeue", "-h", "-o", "%i").stdout.strip() == "", 60,
+             "the cancelled job to leave the queue")
+    assert not (work / "blocks" / "b0.txt").exists()
 
-    # the same command again submits the missing block and what depends on it, nothing else
-    again = cluster.snakemake(*args, cwd=tmp_path, timeout=300)
+    # 2. The same command again submits the missing block and what depends on it, nothing else.
+    again = cluster.snakemake(*args, cwd=work, timeout=300)
     assert again.returncode == 0, tail(again)
-    assert sorted(rule for _, rule, _ in submissions(again)) == ["assemble", "gpu_block"], tail(again)
+    second_jobs = submissions(again)
+    assert sorted(rule for _, rule, _ in second_jobs) == ["assemble", "gpu_block"], tail(again)
     assert "rule_gpu_block/b0/" in again.stdout + again.stderr
-    assert (tmp_path / "result.txt").read_text() == "".join(f"{b} {2 * 5050}\n" for b in ("b0", "b1", "b2"))
+
+    # 3. Every job but the local rule `all` ran under SLURM and completed; GPU rules got
+    #    one fake GPU each, CPU rules none.
+    jobs = [job for job in first_jobs if job[0] not in held] + second_jobs
+    assert sorted(rule for _, rule, _ in jobs) == ["assemble", "gpu_block", "gpu_block", "gpu_block", "make_input"]
+    rows = cluster.sacct([job_id for job_id, _, _ in jobs])
+    for job_id, rule, _ in jobs:
+        row = rows[job_id]
+        assert (row["State"], row["ExitCode"]) == ("COMPLETED", "0:0"), row
+        assert (row["Account"], row["Partition"]) == ("mnk", "debug"), row
+        assert ("gres/gpu=1" in row["AllocTRES"]) == (rule == "gpu_block"), row
+        assert f"rule_{rule}" in row["Comment"], row
+    gpu_job_ids = {job_id for job_id, rule, _ in jobs if rule == "gpu_block"}
+    for env_file in sorted((work / "env").glob("*.txt")):
+        seen = dict(item.split("=", 1) for item in env_file.read_text().split())
+        assert seen["CUDA_VISIBLE_DEVICES"] in {"0", "1"}, env_file.read_text()
+        assert seen["SLURM_JOB_ID"] in gpu_job_ids
+
+    # 4. The same workflow run locally gives the same outputs.
+    local = tmp_path / "local"
+    local.mkdir()
+    run = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--snakefile", str(SMOKE_SNAKEFILE)],
+                         cwd=local, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, tail(run)
+    assert (work / "result.txt").read_text() == (local / "result.txt").read_text()
+    assert (work / "result.txt").read_text() == "".join(f"{b} {2 * 5050}\n" for b in ("b0", "b1", "b2"))
 
 
 def test_failed_job_is_retried_then_fails_the_run_naming_its_log(cluster, tmp_path):

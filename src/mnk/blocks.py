@@ -100,7 +100,7 @@ def write_block(path, values, block: Block, params: dict, seconds: float = 0.0) 
     if bad.any():
         where = np.argwhere(bad)[0]
         raise FloatingPointError(
-            f"kernel block {block.name} has {int(bad.sum())} non-finite values (first at {tuple(where)}); "
+            f"kernel block {block.name} has {int(bad.sum())} non-finite values (first at {tuple(int(i) for i in where)}); "
             "not writing it"
         )
     save_npz(path, values=values, kind=np.array(block.kind), rows=np.array(block.rows), cols=np.array(block.cols),

@@ -19,7 +19,7 @@
 # with `eval "$(tests/slurm/cluster.sh env)"`.
 set -euo pipefail
 
-STATE=${MNK_SLURM_DIR:-/tmp/mnk-slurm}
+STATE=$(realpath -m "${MNK_SLURM_DIR:-/tmp/mnk-slurm}")   # absolute: it goes into the configs
 NGPUS=${MNK_SLURM_GPUS:-2}
 CLUSTER=mnk
 ACCOUNT=mnk

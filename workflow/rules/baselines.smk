@@ -15,11 +15,13 @@ rule train_meta_learner:
         "results/benchmarks/train_{method}/{exp}.tsv"
     wildcard_constraints:
         method="maml|imaml",
+    retries: 1
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        gpu=1 if config["device"] == "cuda" else 0,
+        gpu=gpu_when(config["device"]),
+        runtime=meta_learner_runtime,
     params:
         options=lambda wildcards: canonical(config[wildcards.method]["options"]),
         experiment=experiment,

@@ -123,7 +123,8 @@ def kernel_pair_seconds():
     # gap couples all P^2 offsets; the trace needs only the zero offset.
     work = k["depth"] * pixels * (pixels if k["gap"] else 1)
     on_gpu = k["backend"] == "cuda"
-    return work * (5e-14 if on_gpu else 2e-9) + 1e-6
+    # Measured: ~33 us per pair at 32x32, depth 20, gap on an H200 (BENCHMARKS.md).
+    return work * (1.6e-12 if on_gpu else 2e-9) + 1e-6
 
 
 def kernel_block_runtime(wildcards, attempt):
@@ -144,3 +145,31 @@ def config_hash(cfg):
 
     text = json.dumps(cfg, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def kernel_matrix_mem_mb(exp, attempt=1):
+    """Memory for rules that hold an experiment's whole kernel (float64 K, its mask, copies)."""
+    way, shot, chars, _ = map(int, re.fullmatch(EXPERIMENT_PATTERN, exp).groups())
+    per_class = shot + config["tasks"]["query"]
+    n = (chars + config["tasks"]["n_test_tasks"] * way) * per_class
+    return (4000 + 27 * n * n // 10**6) * attempt
+
+
+def experiment_mem_mb(wildcards, attempt):
+    return kernel_matrix_mem_mb(wildcards.exp, attempt)
+
+
+def figures_mem_mb(wildcards, attempt):
+    return kernel_matrix_mem_mb(experiment_ids()[-1], attempt)
+
+
+def gpu_when(device):
+    """`resources: gpu=` for a rule that runs on `device` (SLURM then requests one)."""
+    return 1 if device == "cuda" else 0
+
+
+def meta_learner_runtime(wildcards, attempt):
+    """Minutes for MAML/iMAML: 3x the iterations at H200 speed (BENCHMARKS.md), + 15."""
+    per_second = 5.0 if wildcards.method == "imaml" else 25.0
+    iterations = config[wildcards.method]["options"]["meta_iterations"]
+    return int(15 + 3 * iterations / per_second / 60) * attempt

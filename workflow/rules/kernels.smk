@@ -17,7 +17,7 @@ rule kernel_block:
         "../../envs/kernels.yaml"
     threads: 8
     resources:
-        gpu=1 if config["kernel"]["backend"] == "cuda" else 0,
+        gpu=gpu_when(config["kernel"]["backend"]),
         runtime=kernel_block_runtime,
         mem_mb=kernel_block_mem_mb,
     params:
@@ -36,8 +36,11 @@ rule assemble_kernel:
         "results/kernels/{exp}/kernel.npz",
     log:
         "logs/assemble_kernel/{exp}.log",
+    retries: 1
     conda:
         "../../envs/kernels.yaml"
+    resources:
+        mem_mb=experiment_mem_mb,
     params:
         kernel=kernel_params,
     script:

@@ -15,6 +15,8 @@ rule train_encoder:
     conda:
         "../../envs/torch.yaml"
     threads: 2
+    resources:
+        gpu=gpu_when(config["device"]),
     params:
         encoder=canonical(config["encoder"]),
         seed=lambda wildcards: experiment(wildcards)["seed"],
@@ -37,9 +39,13 @@ rule solve_mnk:
         "logs/solve_mnk/{exp}.log",
     benchmark:
         "results/benchmarks/solve_mnk/{exp}.tsv"
+    retries: 1
     conda:
         "../../envs/torch.yaml"
     threads: 2
+    resources:
+        gpu=gpu_when(config["device"]),
+        mem_mb=experiment_mem_mb,
     params:
         mnk=canonical(config["mnk"]),
         kernel=kernel_params,

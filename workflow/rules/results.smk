@@ -50,6 +50,8 @@ rule figures:
         "logs/figures.log",
     conda:
         "../../envs/results.yaml"
+    resources:
+        mem_mb=figures_mem_mb,
     params:
         mnk=canonical(config["mnk"]),
     script:
