@@ -14,6 +14,12 @@ from mnk import data
 from mnk.data import DataError
 
 
+@pytest.fixture(autouse=True)
+def no_mirror_override(monkeypatch):
+    """These tests pass their mirror explicitly; $OMNIGLOT_MIRROR (CI sets it) would override it."""
+    monkeypatch.delenv("OMNIGLOT_MIRROR", raising=False)
+
+
 def _copy_mirror(mirror, tmp_path, corrupt=None, truncate=None):
     """A writable copy of the mirror, optionally with a corrupted or truncated archive."""
     folder = tmp_path / "mirror"

@@ -132,7 +132,9 @@ def test_smoke_workflow_on_fake_gpus_interrupted_and_resumed(cluster, tmp_path):
             wait_for(lambda: log.read_text().count("(Rule: gpu_block)") == 2
                      and "rule_gpu_block/b0/" in log.read_text(), 300, "b1 and b2 to finish while b0 runs")
             first.send_signal(signal.SIGINT)
-            first.wait(timeout=120)
+            # Snakemake acts on the interrupt at its next status check, which backs off to
+            # one per 180 s while a job runs: allow for a full interval plus the cancel.
+            first.wait(timeout=420)
         finally:
             if first.poll() is None:
                 first.kill()
