@@ -33,6 +33,12 @@ COPY = ["workflow", "scripts", "src", "config", "envs", "profiles"]
 TEST_ARGS = ["--slurm-init-seconds-before-status-checks", "1"]
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+?)\)")
 
+def default_sigint():
+    """Child processes act on Ctrl-C: a shell's background jobs (CI) start with SIGINT
+    ignored, which the children would inherit, and Snakemake would never see the interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(os.environ.get("MNK_TEST_SLURM") != "1",
@@ -64,7 +70,8 @@ class Cluster:
         # signals its whole process group too, so Snakemake gets a second SIGINT that
         # aborts the scancel and leaves jobs behind.
         cmd = ["timeout", "--foreground", "-s", "INT", "-k", "60", str(timeout), str(BIN / "snakemake"), *args]
-        return subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout + 90)
+        return subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=timeout + 90,
+                              preexec_fn=default_sigint)
 
 
 def submissions(result: subprocess.CompletedProcess) -> list[tuple[str, str, str]]:
@@ -127,6 +134,7 @@ def test_smoke_workflow_on_fake_gpus_interrupted_and_resumed(cluster, tmp_path):
     log = tmp_path / "first-run.log"
     with open(log, "w") as out:
         first = subprocess.Popen([str(BIN / "snakemake"), *args], cwd=work, stdout=out, stderr=subprocess.STDOUT,
+                                 preexec_fn=default_sigint,
                                  env={**cluster.env, "MNK_SMOKE_HOLD": "b0"})  # b0 hangs
         try:
             wait_for(lambda: log.read_text().count("(Rule: gpu_block)") == 2
