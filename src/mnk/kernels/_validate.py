@@ -73,3 +73,13 @@ def as_image_pair(X, Z):
     if Zi.shape[1:] != X.shape[1:]:
         raise ValueError(f"X and Z must have the same (C, H, W); got {X.shape[1:]} and {Zi.shape[1:]}")
     return X, Zi, symmetric
+
+
+def image_keys(X: np.ndarray, Z: np.ndarray | None):
+    """Integer ids such that equal ids <=> bitwise-identical images (across X and Z)."""
+    ids: dict[bytes, int] = {}
+    kx = np.array([ids.setdefault(x.tobytes(), len(ids)) for x in X], dtype=np.int64)
+    if Z is None:
+        return kx, kx
+    kz = np.array([ids.setdefault(z.tobytes(), len(ids)) for z in Z], dtype=np.int64)
+    return kx, kz

@@ -71,7 +71,7 @@ import numpy as np
 from numba import njit, prange
 
 from mnk.kernels._acos import pi_minus_acos
-from mnk.kernels._validate import as_image_pair, check_depth
+from mnk.kernels._validate import as_image_pair, check_depth, image_keys as _image_keys
 
 __all__ = ["cntk_gram_cpu", "image_layer_norms"]
 
@@ -293,16 +293,6 @@ def pack_layer_norms(X: np.ndarray, depth: int) -> np.ndarray:
     """(n, depth-1, 2, H, W): per layer ``sqrt(Sigma^h(x,x)(p,p))`` then its reciprocal (0 for 0)."""
     L, iL = image_layer_norms(X, depth)
     return np.ascontiguousarray(np.stack([L, iL], axis=2))
-
-
-def _image_keys(X: np.ndarray, Z: np.ndarray | None):
-    """Integer ids such that equal ids <=> bitwise-identical images."""
-    ids: dict[bytes, int] = {}
-    kx = np.array([ids.setdefault(x.tobytes(), len(ids)) for x in X], dtype=np.int64)
-    if Z is None:
-        return kx, kx
-    kz = np.array([ids.setdefault(z.tobytes(), len(ids)) for z in Z], dtype=np.int64)
-    return kx, kz
 
 
 def _chunks(n: int, size: int):

@@ -58,7 +58,7 @@ import math
 
 import numpy as np
 
-from mnk.kernels._validate import as_image_pair, check_depth
+from mnk.kernels._validate import as_image_pair, check_depth, image_keys as _image_keys
 
 __all__ = ["cuda_available", "cntk_gram_cuda", "supports_shape", "diag_layers", "KERNEL_SOURCE", "MAX_SIDE"]
 
@@ -378,15 +378,6 @@ def diag_layers(X, depth: int):
         if h < depth - 2:
             A = _box3_sum(A / 9.0)
     return D
-
-
-def _image_keys(X: np.ndarray, Z: np.ndarray | None):
-    ids: dict[bytes, int] = {}
-    kx = np.array([ids.setdefault(x.tobytes(), len(ids)) for x in X], dtype=np.int64)
-    if Z is None:
-        return kx, kx
-    kz = np.array([ids.setdefault(z.tobytes(), len(ids)) for z in Z], dtype=np.int64)
-    return kx, kz
 
 
 def _tril_pairs(k0: int, k1: int, xp):
