@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Tests import the `mnk` of this checkout, whichever checkout the venv was installed from.
+sys.path.insert(0, str(REPO / "src"))
 
 
 def mirror_path() -> Path | None:
