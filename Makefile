@@ -13,7 +13,7 @@ export OMNIGLOT_MIRROR := $(abspath ../shared/omniglot)
 endif
 endif
 
-.PHONY: run test venv venv-nt report dry-run lint clean
+.PHONY: run test venv venv-nt report dry-run lint clean cost
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ dry-run: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Planned kernel pairs and projected GPU/CPU-hours of a config (mnk.plan; no venv needed).
+cost:
+	PYTHONPATH=src $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m mnk.plan $(or $(CONFIG),config/config.yaml)
 
 lint: venv
 	$(BIN)/snakemake --lint

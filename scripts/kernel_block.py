@@ -1,30 +1,40 @@
-"""Rule kernel_block: the base kernel on one block of image pairs."""
+"""Rule kernel_block: the base kernel on one block of an image pool's pairs."""
 
 import time
 
 import numba
 
 from mnk import kernels
-from mnk.blocks import block_by_name, compute_block, plan_blocks, write_block
-from mnk.data import transform_images
+from mnk.blocks import block_identity, compute_block, write_block
 from mnk.io import load_npz
+from mnk.kernels.transform import transform_images
+from mnk.plan import Block, PoolPlan, from_params
 from mnk.runtime import logged_run
 
 with logged_run(snakemake.log[0], "kernel_block") as log:
     numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))
-    params = snakemake.params.kernel
-    tasks = load_npz(snakemake.input.tasks)
-    n_train = int(tasks["n_train_images"])
-    task_size = tasks["test_support"].shape[1] + tasks["test_query"].shape[1]
-    blocks = plan_blocks(n_train, len(tasks["test_support"]), task_size, snakemake.params.block_size)
-    block = block_by_name(blocks, snakemake.wildcards.block)
+    pool = from_params(PoolPlan, snakemake.params.pool)
+    block = from_params(Block, snakemake.params.block)
+    identity = snakemake.params.identity
+    options = identity["kernel"]
+    pool_ids = load_npz(snakemake.input.pool)["image_ids"]
     raw = load_npz(snakemake.input.images)["images"]
-    images = transform_images(raw, pad=params["pad"], standardize=params["standardize"], reference=raw[:n_train])
-    log.info("block %s rows %s cols %s, kernel %s", block.name, block.rows, block.cols, params)
-    if params["type"] == "cntk":
-        log.info("CNTK backend: %s", kernels.select_backend(params["backend"]))
+    if len(raw) != pool.n_images or len(pool_ids) != pool.n_images:
+        raise ValueError(f"{snakemake.input.pool}: {len(pool_ids)} images, the plan of {pool.name} has "
+                         f"{pool.n_images}; rerun make_pool (--forcerun make_pool)")
+
+    def prepare(positions):
+        return transform_images(raw[slice(*positions)], image_size=options["image_size"], pad=options["pad"],
+                                standardize=options["standardize"], reference=raw[: pool.val_start])
+
+    X = prepare(block.rows)
+    Z = X if block.cols == block.rows else prepare(block.cols)
+    backend = snakemake.config["kernel"]["backend"]  # not in params: it does not change values
+    log.info("%s block %s rows %s cols %s, kernel %s", pool.name, block.name, block.rows, block.cols, options)
+    if options["type"] == "cntk":
+        log.info("CNTK backend: %s", kernels.select_backend(backend))
     start = time.perf_counter()
-    values = compute_block(images, block, params, task_size)
+    values = compute_block(X, Z, block, options, pool.task_size, backend)
     seconds = time.perf_counter() - start
     log.info("%d kernel values in %.2f s", values.size, seconds)
-    write_block(snakemake.output[0], values, block, params, seconds)
+    write_block(snakemake.output[0], values, block_identity(pool, block, pool_ids, identity), seconds)

@@ -9,9 +9,9 @@ with logged_run(snakemake.log[0], "make_tasks") as log:
     data = load_npz(snakemake.input.data)
     tasks = make_tasks(data["character"], data["drawer"], data["split"], spec)
     log.info(
-        "%d train tasks over %d images, %d val, %d test tasks",
-        len(tasks["train_support"]), spec.n_train_images,
-        len(tasks["val_support"]), len(tasks["test_support"]),
+        "%d train tasks over %d images of %d characters, %d val tasks (%d characters), %d test tasks (id %s)",
+        len(tasks["train_support"]), spec.n_train_images, spec.n_characters,
+        len(tasks["val_support"]), spec.n_val_characters, len(tasks["test_support"]), tasks["test_tasks_id"],
     )
     save_npz(snakemake.output.tasks, **tasks)
     save_npz(snakemake.output.images, images=data["images"][tasks["image_ids"]])

@@ -160,16 +160,3 @@ def test_image_to_array_matches_pil_lanczos():
     expected = 1 - np.asarray(Image.fromarray(square.astype(np.uint8) * 255).resize((28, 28), Image.LANCZOS)) / 255
     np.testing.assert_allclose(out, expected, atol=1e-6)
     assert out[0, 0] == 0 and out[13, 13] == pytest.approx(1, abs=0.02)
-
-
-def test_transform_pads_then_standardises_on_reference():
-    rng = np.random.default_rng(0)
-    x = rng.random((4, 28, 28)).astype(np.float32)
-    ref = x[:2]
-    out = data.transform_images(x, pad=2, standardize=True, reference=ref)
-    assert out.shape == (4, 32, 32)
-    padded_ref = np.pad(ref, [(0, 0), (2, 2), (2, 2)])
-    np.testing.assert_allclose(out[:2].mean(), 0, atol=1e-5)
-    np.testing.assert_allclose((out[:2] * padded_ref.std() + padded_ref.mean())[:, 2:-2, 2:-2], ref, atol=1e-5)
-    with pytest.raises(DataError, match="zero variance"):
-        data.transform_images(np.zeros((2, 5, 5)), standardize=True)

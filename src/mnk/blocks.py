@@ -1,139 +1,156 @@
-"""Base-kernel blocks: which image pairs an experiment needs, split into resumable jobs.
+"""Kernel blocks of an image pool: compute one, write it with its identity, gather an
+experiment's sub-kernel from verified blocks.
 
-An experiment's local images are its training images [0, n_train) followed by its test
-tasks' images, `task_size` consecutive images per test task. MNK regression needs the
-kernel only between training x training images (lower triangle), test x training images,
-and images within the same test task; nothing else is computed. Each block is one
-Snakemake job, written atomically with its index ranges and kernel parameters, so an
-interrupted run recomputes only the missing blocks.
+The plan (which pairs, which blocks) is `mnk.plan`; a block job receives its `Block`.
+Every block file records what it is: the pool, the block's name and coordinates, hashes of
+the global image ids of its rows, its columns and the standardisation reference, and the
+hash of the kernel options that decide its values (`mnk.plan.kernel_identity`). The gather
+compares each block with what the plan and the pool file say it must be and refuses a
+foreign or stale one by name; it then checks that every entry the solve reads is computed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import dataclass
+from pathlib import Path
 
-# numpy is imported inside the functions that compute: the Snakefile plans blocks with
-# this module from Snakemake's own environment, which need not have numpy.
+import numpy as np
+
+from mnk.plan import Block, PoolPlan, short_hash
+from mnk.tasks import image_ids_hash
 
 log = logging.getLogger("mnk.blocks")
-KINDS = ("train", "cross", "test")
+RECOVER = "delete it (or run snakemake with --forcerun kernel_block) and rerun"
 
 
-@dataclass(frozen=True)
-class Block:
-    kind: str  # "train": train x train, "cross": test x train, "test": within test tasks
-    i: int
-    j: int
-    rows: tuple[int, int]
-    cols: tuple[int, int]
-
-    @property
-    def name(self) -> str:
-        return f"{self.kind}-{self.i}-{self.j}"
-
-
-def plan_blocks(n_train: int, n_test_tasks: int, task_size: int, block_size: int) -> list[Block]:
-    """All blocks of one experiment, in a deterministic order."""
-    if block_size < 1:
-        raise ValueError(f"kernel.block_size must be >= 1, got {block_size}")
-    blocks = []
-    train_chunks = _chunks(0, n_train, block_size)
-    for i, rows in enumerate(train_chunks):
-        for j, cols in enumerate(train_chunks[: i + 1]):
-            blocks.append(Block("train", i, j, rows, cols))
-    n_test = n_test_tasks * task_size
-    test_chunks = _chunks(n_train, n_train + n_test, max(task_size, block_size // task_size * task_size))
-    for i, rows in enumerate(test_chunks):
-        for j, cols in enumerate(train_chunks):
-            blocks.append(Block("cross", i, j, rows, cols))
-        blocks.append(Block("test", i, 0, rows, rows))
-    return blocks
-
-
-def block_by_name(blocks: list[Block], name: str) -> Block:
-    for block in blocks:
-        if block.name == name:
-            return block
-    raise KeyError(f"no kernel block named {name!r} in this experiment")
-
-
-def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
-    count = math.ceil((stop - start) / size)
-    return [(start + k * size, min(stop, start + (k + 1) * size)) for k in range(count)]
-
-
-def base_kernel(X, Z, params: dict):
-    """The configured base kernel (cntk or ntk) between image sets X and Z."""
+def base_kernel(X, Z, params: dict, backend: str = "auto"):
+    """The configured base kernel (cntk or ntk) between image sets X and Z (Z=None: X)."""
     from mnk import kernels
 
     if params["type"] == "cntk":
+        extra = {"dtype": params["dtype"]} if "dtype" in params else {}
         return kernels.cntk_gram(X, Z, depth=params["depth"], gap=params["gap"], fix=params["fix"],
-                                 backend=params.get("backend", "auto"))
+                                 backend=backend, **extra)
     if params["type"] == "ntk":
         return kernels.ntk_gram(X, Z, depth=params["depth"])
     raise ValueError(f"kernel.type must be 'cntk' or 'ntk', got {params['type']!r}")
 
 
-def compute_block(images, block: Block, params: dict, task_size: int):
-    """The kernel values of one block; within-test-task blocks are (tasks, size, size)."""
-    import numpy as np
-
-    r0, r1 = block.rows
-    c0, c1 = block.cols
-    if block.kind == "test":
-        tasks = images[r0:r1].reshape(-1, task_size, *images.shape[1:])
-        return np.stack([base_kernel(task, None, params) for task in tasks])
-    if block.kind == "train" and block.i == block.j:
-        return base_kernel(images[r0:r1], None, params)
-    return base_kernel(images[r0:r1], images[c0:c1], params)
+def compute_block(X, Z, block: Block, params: dict, task_size: int, backend: str = "auto"):
+    """Kernel values of a block, X its row images, Z its column images (prepared for the
+    kernel). Within-task blocks give (tasks, task_size, task_size)."""
+    if block.kind == "task":
+        tasks = np.asarray(X).reshape(-1, task_size, *np.shape(X)[1:])
+        return np.stack([base_kernel(task, None, params, backend) for task in tasks])
+    if block.rows == block.cols:
+        return base_kernel(X, None, params, backend)
+    return base_kernel(X, Z, params, backend)
 
 
-def write_block(path, values, block: Block, params: dict, seconds: float = 0.0) -> None:
-    import numpy as np
+def block_identity(pool: PoolPlan, block: Block, pool_ids, identity: dict) -> dict:
+    """What a block file must say it is (identity: `mnk.plan.kernel_identity(config)`)."""
+    (r0, r1), (c0, c1) = block.rows, block.cols
+    return {"pool": pool.name, "block": block.name, "rows": list(block.rows), "cols": list(block.cols),
+            "row_images": image_ids_hash(pool_ids[r0:r1]), "col_images": image_ids_hash(pool_ids[c0:c1]),
+            "reference_images": image_ids_hash(pool_ids[: pool.val_start]), "kernel": short_hash(identity)}
 
+
+def write_block(path, values, identity: dict, seconds: float = 0.0) -> None:
     from mnk.io import save_npz
 
     bad = ~np.isfinite(values)
     if bad.any():
         where = np.argwhere(bad)[0]
         raise FloatingPointError(
-            f"kernel block {block.name} has {int(bad.sum())} non-finite values (first at {tuple(int(i) for i in where)}); "
-            "not writing it"
+            f"kernel block {identity['block']} has {int(bad.sum())} non-finite values (first at "
+            f"{tuple(int(i) for i in where)}); not writing it"
         )
-    save_npz(path, values=values, kind=np.array(block.kind), rows=np.array(block.rows), cols=np.array(block.cols),
-             params=np.array(json.dumps(params, sort_keys=True)), seconds=np.float64(seconds))
+    save_npz(path, values=values, identity=np.array(json.dumps(identity, sort_keys=True)), seconds=np.float64(seconds))
 
 
-def assemble(paths: list, n_images: int, params: dict):
-    """Blocks -> (K, computed, seconds): K and its mask are (n_images, n_images), entries
-    not needed stay 0; seconds holds each block's compute time."""
-    import numpy as np
-
+def read_block(path, expected: dict) -> dict:
+    """A block file, checked against the identity the plan expects; refused by name."""
     from mnk.io import load_npz
 
-    K = np.zeros((n_images, n_images))
-    computed = np.zeros((n_images, n_images), dtype=bool)
-    expected = json.dumps(params, sort_keys=True)
-    seconds = np.zeros(len(paths))
-    for index, path in enumerate(paths):
+    try:
         block = load_npz(path)
-        if str(block["params"]) != expected:
-            raise ValueError(f"kernel block {path} was computed with {block['params']}, expected {expected}")
-        values = block["values"]
-        seconds[index] = block["seconds"]
-        if not np.isfinite(values).all():
-            raise FloatingPointError(f"kernel block {path} contains NaN or inf values")
-        (r0, r1), (c0, c1) = block["rows"], block["cols"]
-        if str(block["kind"]) == "test":
-            size = values.shape[1]
-            for t, start in enumerate(range(r0, r1, size)):
-                K[start:start + size, start:start + size] = values[t]
-                computed[start:start + size, start:start + size] = True
-            continue
-        K[r0:r1, c0:c1] = values
-        K[c0:c1, r0:r1] = values.T
-        computed[r0:r1, c0:c1] = computed[c0:c1, r0:r1] = True
-    return K, computed, seconds
+        found = json.loads(str(block["identity"]))
+    except Exception as exc:
+        raise ValueError(f"kernel block {path} is unreadable or has no identity ({type(exc).__name__}: {exc}); "
+                         f"{RECOVER}") from exc
+    wrong = [key for key in expected if found.get(key) != expected[key]]
+    if wrong:
+        detail = "; ".join(f"{key} {found.get(key)!r}, expected {expected[key]!r}" for key in wrong)
+        raise ValueError(f"kernel block {path} is not block {expected['block']} of {expected['pool']} with these "
+                         f"images and kernel options ({detail}): foreign or stale; {RECOVER}")
+    if not np.isfinite(block["values"]).all():
+        raise FloatingPointError(f"kernel block {path} contains NaN or inf values; {RECOVER}")
+    return block
+
+
+def check_tasks_match_pool(pool: PoolPlan, n_characters: int, exp_ids, pool_ids, where: str) -> None:
+    for local, start, length in pool.local_to_pool(n_characters):
+        if not np.array_equal(exp_ids[local:local + length], pool_ids[start:start + length]):
+            raise ValueError(f"{where}: the experiment's images are not those of {pool.name} at positions "
+                             f"[{start}, {start + length}); rerun make_tasks and make_pool (--forcerun)")
+
+
+def _local_runs(pool: PoolPlan, n_train: int, lo: int, hi: int):
+    """Part [p0, p1) of pool positions [lo, hi) that the experiment has, and its local start."""
+    if lo < pool.val_start:
+        return lo, min(hi, n_train), lo
+    return lo, hi, lo - pool.val_start + n_train
+
+
+def _place(K, computed, pool, n_train, block: Block, values) -> float:
+    """Copy the experiment's part of a block into K; returns the fraction of it used."""
+    r0, r1, lr = _local_runs(pool, n_train, *block.rows)
+    c0, c1, lc = _local_runs(pool, n_train, *block.cols)
+    if r1 <= r0 or c1 <= c0:
+        return 0.0
+    if block.kind == "task":
+        size = pool.task_size
+        for t, start in enumerate(range(lr, lr + r1 - r0, size)):
+            K[start:start + size, start:start + size] = values[t]
+            computed[start:start + size, start:start + size] = True
+        return 1.0
+    part = values[r0 - block.rows[0]:r1 - block.rows[0], c0 - block.cols[0]:c1 - block.cols[0]]
+    rows, cols = slice(lr, lr + r1 - r0), slice(lc, lc + c1 - c0)
+    K[rows, cols], K[cols, rows] = part, part.T
+    computed[rows, cols] = computed[cols, rows] = True
+    return part.size / values.size
+
+
+def gather(pool: PoolPlan, n_characters: int, block_paths, pool_ids, identity: dict):
+    """An experiment's kernel over its local images from the pool's blocks:
+    (K, computed, block_seconds) in the format solve_mnk reads. block_seconds: each block's
+    compute time times the fraction of its entries this experiment uses."""
+    paths = {Path(p).stem: p for p in block_paths}
+    n_train = pool.n_train_images(n_characters)
+    n_local = n_train + pool.n_images - pool.val_start
+    K = np.zeros((n_local, n_local))
+    computed = np.zeros((n_local, n_local), dtype=bool)
+    seconds = []
+    for block in pool.experiment_blocks(n_characters):
+        if block.name not in paths:
+            raise ValueError(f"kernel block {block.name} of {pool.name} is missing from the inputs")
+        values = read_block(paths[block.name], block_identity(pool, block, pool_ids, identity))
+        used = _place(K, computed, pool, n_train, block, values["values"])
+        seconds.append(float(values["seconds"]) * used)
+    return K, computed, np.asarray(seconds)
+
+
+def check_computed(computed, tasks: dict, where: str) -> None:
+    """Every entry the solve reads is computed: training x training, (val, test) x training,
+    within each validation and test task. Raises naming the first missing kind."""
+    n = int(tasks["n_train_images"])
+    checks = [("training x training", np.s_[:n, :n]), ("validation/test x training", np.s_[n:, :n])]
+    for name in ("val", "test"):
+        for t, ids in enumerate(np.concatenate([tasks[f"{name}_support"], tasks[f"{name}_query"]], axis=1)):
+            checks.append((f"within {name} task {t}", np.ix_(ids, ids)))
+    for what, index in checks:
+        missing = int((~computed[index]).sum())
+        if missing:
+            raise ValueError(f"{where}: {missing} kernel entries {what} are not computed; the kernel blocks do not "
+                             "cover this experiment (rerun its assemble_kernel with --forcerun)")

@@ -3,7 +3,7 @@
 The preprocessed file holds every Omniglot image once, as 28x28 float32 arrays with
 strokes = 1 and background = 0, plus alphabet / character / drawer ids and the official
 background/evaluation split. Padding and standardisation are per-experiment choices and are
-applied downstream (`transform_images`), so one preprocessed file serves every experiment.
+applied downstream (`mnk.kernels.transform`), so one preprocessed file serves every experiment.
 
 Character order (global character ids 0..1622): the background archive first, then the
 evaluation archive; within each, alphabets sorted by name, then character folders sorted
@@ -283,25 +283,3 @@ def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resamp
 
 def write_preprocessed(path: str | os.PathLike, data: dict[str, np.ndarray]) -> None:
     save_npz(path, **data)
-
-
-# -------------------------------------------------------- per-experiment transforms
-
-
-def transform_images(images: np.ndarray, *, pad: int = 0, standardize: bool = False,
-                     reference: np.ndarray | None = None) -> np.ndarray:
-    """Zero-pad by `pad` pixels per side, then optionally standardise.
-
-    Standardisation uses one scalar mean and std computed on `reference` (the experiment's
-    training images only, so nothing about test characters leaks into the inputs).
-    """
-    out = np.asarray(images, dtype=np.float32)
-    if pad:
-        out = np.pad(out, [(0, 0)] * (out.ndim - 2) + [(pad, pad), (pad, pad)])
-    if standardize:
-        ref = out if reference is None else transform_images(reference, pad=pad)
-        mean, std = float(ref.mean()), float(ref.std())
-        if not std > 0:
-            raise DataError("cannot standardise: the reference images have zero variance")
-        out = (out - mean) / std
-    return out

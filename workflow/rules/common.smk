@@ -1,7 +1,5 @@
 # Small named helpers shared by the rules.
-import itertools
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -13,73 +11,92 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_DIR), os.getenv("PYTHONPATH")]))
 )
 
+from mnk import plan  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
+
 ARCHIVES = ["images_background", "images_evaluation"]
-EXPERIMENT_PATTERN = r"(\d+)way(\d+)shot-(\d+)char-seed(\d+)"
+EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
+# The image pools and their kernel blocks, planned once (also checks the task settings).
+POOLS = plan.pools(config)
 METHODS = ["mnk"] + [m for m in ("maml", "imaml") if config[m]["enabled"]]
 
 
 wildcard_constraints:
     exp=EXPERIMENT_PATTERN,
     archive="|".join(ARCHIVES),
-    block=r"(train|cross|test)-\d+-\d+",
+    pool=plan.POOL_PATTERN,
+    block=plan.BLOCK_PATTERN,
 
 
-def canonical(value):
-    """Dicts with sorted keys, recursively: reordering keys in the config file is no change."""
-    if isinstance(value, dict):
-        return {key: canonical(value[key]) for key in sorted(value)}
-    if isinstance(value, list):
-        return [canonical(item) for item in value]
-    return value
+canonical = plan.canonical
 
 
 def experiment_ids():
     """One id per point of the experiments grid: way x shot x n_characters x seeds."""
-    grid = config["tasks"]
-    return [
-        f"{way}way{shot}shot-{chars}char-seed{seed}"
-        for way, shot, chars, seed in itertools.product(
-            grid["way"], grid["shot"], grid["n_characters"], grid["seeds"]
-        )
-    ]
+    return plan.experiment_ids(config)
 
 
 def experiment(wildcards):
-    way, shot, chars, seed = map(
-        int, re.fullmatch(EXPERIMENT_PATTERN, wildcards.exp).groups()
-    )
-    return {"way": way, "shot": shot, "n_characters": chars, "seed": seed}
+    return plan.parse_experiment(wildcards.exp)
+
+
+TASK_KEYS = (
+    "split",
+    "query",
+    "enlarge_ratio",
+    "n_test_tasks",
+    "n_val_tasks",
+    "n_val_characters",
+)
 
 
 def task_spec(wildcards):
     """Everything that decides an experiment's tasks (params of make_tasks)."""
-    keys = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks")
-    return canonical({**experiment(wildcards), **{k: config["tasks"][k] for k in keys}})
+    return canonical(
+        {**experiment(wildcards), **{k: config["tasks"][k] for k in TASK_KEYS}}
+    )
+
+
+def pool_plan(wildcards):
+    """The image pool of a `pool` or an `exp` wildcard."""
+    if "pool" in wildcards.keys():
+        return POOLS[wildcards.pool]
+    return plan.pool_of(config, wildcards.exp)
+
+
+def pool_spec(wildcards):
+    """make_pool's params: the task spec of the pool's largest experiment."""
+    pool = POOLS[wildcards.pool]
+    spec = {"way": pool.way, "shot": pool.shot, "seed": pool.seed}
+    spec["n_characters"] = max(pool.n_characters)
+    return canonical({**spec, **{k: config["tasks"][k] for k in TASK_KEYS}})
+
+
+def pool_params(wildcards):
+    return plan.as_params(pool_plan(wildcards))
+
+
+def block_params(wildcards):
+    return plan.as_params(POOLS[wildcards.pool].block(wildcards.block))
+
+
+def pool_file(name):
+    """A file of the experiment's image pool, as an input function."""
+    return lambda wildcards: f"results/tasks/{pool_plan(wildcards).name}/{name}"
 
 
 def kernel_params(wildcards=None):
-    return canonical(config["kernel"])
+    """The kernel settings that decide its values (not backend, block_size)."""
+    return plan.kernel_identity(config)["kernel"]
 
 
-def kernel_blocks(wildcards):
-    """Names of the kernel blocks of one experiment (derived from the config alone)."""
-    from mnk.blocks import plan_blocks
-
-    spec = task_spec(wildcards)
-    task_size = spec["way"] * (spec["shot"] + spec["query"])
-    n_train = spec["n_characters"] * (spec["shot"] + spec["query"])
-    blocks = plan_blocks(
-        n_train, spec["n_test_tasks"], task_size, config["kernel"]["block_size"]
-    )
-    return [block.name for block in blocks]
-
-
-def block_files(wildcards):
-    return expand(
-        "results/kernels/{exp}/blocks/{block}.npz",
-        exp=wildcards.exp,
-        block=kernel_blocks(wildcards),
-    )
+def experiment_block_files(wildcards):
+    """The pool's blocks that hold some entry of this experiment's kernel."""
+    pool = pool_plan(wildcards)
+    chars = experiment(wildcards)["n_characters"]
+    return [
+        f"results/kernels/{pool.name}/blocks/{block.name}.npz"
+        for block in pool.experiment_blocks(chars)
+    ]
 
 
 def package_sources(*modules):
@@ -114,23 +131,15 @@ def final_outputs():
     ]
 
 
-def kernel_pair_seconds():
-    """Rough seconds per image pair, for SLURM runtime requests (BENCHMARKS.md)."""
-    k = config["kernel"]
-    pixels = (config["data"]["image_size"] + 2 * k["pad"]) ** 2
-    if k["type"] == "ntk":
-        return 1e-6
-    # gap couples all P^2 offsets; the trace needs only the zero offset.
-    work = k["depth"] * pixels * (pixels if k["gap"] else 1)
-    on_gpu = k["backend"] == "cuda"
-    # Measured: ~33 us per pair at 32x32, depth 20, gap on an H200 (BENCHMARKS.md).
-    return work * (1.6e-12 if on_gpu else 2e-9) + 1e-6
-
-
 def kernel_block_runtime(wildcards, attempt):
-    """Minutes for one kernel block: 3x the estimate, doubled on each retry."""
-    pairs = config["kernel"]["block_size"] ** 2
-    return int(10 + 3 * pairs * kernel_pair_seconds() / 60) * attempt
+    """Minutes for one kernel block: 3x the estimate (plan.pair_seconds), doubled on retry."""
+    pool = POOLS[wildcards.pool]
+    pairs = pool.block(wildcards.block).n_pairs(pool.task_size)
+    device = "cuda" if config["kernel"]["backend"] == "cuda" else "cpu"
+    seconds = pairs * plan.pair_seconds(config["kernel"], plan.kernel_pixels(config), device)
+    if device == "cpu":
+        seconds /= 8  # CPU-seconds over the rule's threads
+    return int(10 + 3 * seconds / 60) * attempt
 
 
 def kernel_block_mem_mb(wildcards, attempt):
@@ -149,9 +158,9 @@ def config_hash(cfg):
 
 def kernel_matrix_mem_mb(exp, attempt=1):
     """Memory for rules that hold an experiment's whole kernel (float64 K, its mask, copies)."""
-    way, shot, chars, _ = map(int, re.fullmatch(EXPERIMENT_PATTERN, exp).groups())
-    per_class = shot + config["tasks"]["query"]
-    n = (chars + config["tasks"]["n_test_tasks"] * way) * per_class
+    pool = plan.pool_of(config, exp)
+    n_train = pool.n_train_images(plan.parse_experiment(exp)["n_characters"])
+    n = n_train + pool.n_images - pool.val_start
     return (4000 + 27 * n * n // 10**6) * attempt
 
 

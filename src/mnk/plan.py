@@ -1,0 +1,316 @@
+"""The study's kernel plan, computed once from the config: image pools, blocks, identity, cost.
+
+Importable without numpy or torch: the Snakefile imports it from Snakemake's own
+environment, and the jobs receive what it computed (a block's coordinates) as params.
+
+One image pool per (way, shot, seed): the training images of the largest experiment (its
+characters in the seeded order whose prefixes are the smaller experiments' characters),
+then the validation tasks' images, then the test tasks' images, `task_size` consecutive
+images per task (`mnk.tasks.make_pool`). Every experiment of the pool uses a prefix of the
+training images and all of the validation and test images, so its kernel is a sub-kernel
+of the pool's. The pool's kernel is needed only between training x training images (lower
+triangle), (validation + test) x training images and within each task; those pairs are cut
+into blocks of at most `kernel.block_size` images per side, one job each, computed once
+for all the experiments of the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+EXPERIMENT_PATTERN = r"(\d+)way(\d+)shot-(\d+)char-seed(\d+)"
+POOL_PATTERN = r"pool-(\d+)way(\d+)shot-seed(\d+)"
+BLOCK_PATTERN = r"(train|cross|task)-\d+-\d+"
+DRAWERS = 20  # images per Omniglot character
+# Characters on each side of the split (mnk.tasks.character_pools computes them from data).
+CHARACTER_POOLS = {"background": (964, 659), "original": (1200, 423)}
+# Kernel settings that change how, not what, is computed: not part of a block's identity.
+RUNTIME_KEYS = ("backend", "block_size", "threads", "cpu_threads")
+
+# Per-pair speeds (BENCHMARKS.md), the one place SLURM runtimes and `make cost` read them.
+# Work of one CNTK pair ~ depth x P x (P with global average pooling, else 1), P = pixels.
+GPU_SECONDS_PER_UNIT = 1.6e-12  # NVIDIA H200, fused kernel: 33.45 us/pair at 32x32, depth 20, gap
+CPU_SECONDS_PER_UNIT = 7.6e-9  # CPU-seconds, numba backend, 2-core VM: 7.1-8.6 ns per entry-layer
+NTK_SECONDS_PER_PAIR = 1e-6
+META_ITERATIONS_PER_SECOND = {"maml": 25.0, "imaml": 5.0}  # H200, vmap (BENCHMARKS.md)
+
+
+@dataclass(frozen=True)
+class Block:
+    kind: str  # "train": train x train, "cross": (val + test) x train, "task": within tasks
+    i: int
+    j: int
+    rows: tuple[int, int]  # pool positions [start, stop)
+    cols: tuple[int, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.i}-{self.j}"
+
+    def n_pairs(self, task_size: int) -> int:
+        """Distinct image pairs the block computes (symmetric Grams count their triangle)."""
+        rows = self.rows[1] - self.rows[0]
+        if self.kind == "task":
+            return rows // task_size * task_size * (task_size + 1) // 2
+        if self.rows == self.cols:
+            return rows * (rows + 1) // 2
+        return rows * (self.cols[1] - self.cols[0])
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """The image pool of one (way, shot, seed) and its blocks."""
+
+    way: int
+    shot: int
+    seed: int
+    query: int
+    n_characters: tuple[int, ...]  # the experiments', ascending
+    n_val_tasks: int
+    n_test_tasks: int
+    block_size: int
+
+    @property
+    def name(self) -> str:
+        return f"pool-{self.way}way{self.shot}shot-seed{self.seed}"
+
+    @property
+    def task_size(self) -> int:
+        return self.way * (self.shot + self.query)
+
+    def n_train_images(self, n_characters: int | None = None) -> int:
+        return (n_characters or max(self.n_characters)) * (self.shot + self.query)
+
+    @property
+    def val_start(self) -> int:
+        return self.n_train_images()
+
+    @property
+    def test_start(self) -> int:
+        return self.val_start + self.n_val_tasks * self.task_size
+
+    @property
+    def n_images(self) -> int:
+        return self.test_start + self.n_test_tasks * self.task_size
+
+    def local_to_pool(self, n_characters: int) -> tuple[tuple[int, int, int], ...]:
+        """(local start, pool start, length) of each run of an experiment's local images."""
+        n_train = self.n_train_images(n_characters)
+        return (0, 0, n_train), (n_train, self.val_start, self.n_images - self.val_start)
+
+    @cached_property
+    def blocks(self) -> tuple[Block, ...]:
+        if self.block_size < 1:
+            raise ValueError(f"kernel.block_size must be >= 1, got {self.block_size}")
+        train = _chunks(0, self.val_start, self.block_size)
+        blocks = [Block("train", i, j, rows, cols) for i, rows in enumerate(train) for j, cols in enumerate(train[: i + 1])]
+        size = max(self.task_size, self.block_size // self.task_size * self.task_size)
+        for i, rows in enumerate(_chunks(self.val_start, self.n_images, size)):
+            blocks += [Block("cross", i, j, rows, cols) for j, cols in enumerate(train)]
+            blocks.append(Block("task", i, 0, rows, rows))
+        return tuple(blocks)
+
+    def block(self, name: str) -> Block:
+        for block in self.blocks:
+            if block.name == name:
+                return block
+        raise KeyError(f"no kernel block named {name!r} in {self.name}")
+
+    def experiment_blocks(self, n_characters: int) -> list[Block]:
+        """The blocks holding some entry of an experiment's kernel (train blocks have j <= i)."""
+        n_train = self.n_train_images(n_characters)
+        return [b for b in self.blocks
+                if b.kind == "task" or (b.kind == "train" and b.rows[0] < n_train) or (b.kind == "cross" and b.cols[0] < n_train)]
+
+    def pairs_by_stage(self) -> dict[str, int]:
+        """Planned pairs, counted from the blocks, by what they are for."""
+        stages = dict.fromkeys(STAGES, 0)
+        segments = {"val": (self.val_start, self.test_start), "test": (self.test_start, self.n_images)}
+        for b in self.blocks:
+            if b.kind == "train":
+                stages["train x train"] += b.n_pairs(self.task_size)
+                continue
+            for label, (lo, hi) in segments.items():
+                rows = max(0, min(hi, b.rows[1]) - max(lo, b.rows[0]))  # chunks hold whole tasks
+                if b.kind == "cross":
+                    stages[f"{label} x train"] += rows * (b.cols[1] - b.cols[0])
+                else:
+                    stages[f"within {label} tasks"] += rows // self.task_size * self.task_size * (self.task_size + 1) // 2
+        return stages
+
+
+STAGES = ("train x train", "val x train", "test x train", "within val tasks", "within test tasks")
+
+
+def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    return [(k, min(stop, k + size)) for k in range(start, stop, size)]
+
+
+# ------------------------------------------------------------------------- the study
+
+
+def experiment_ids(config) -> list[str]:
+    grid = config["tasks"]
+    return [f"{w}way{s}shot-{n}char-seed{seed}" for w in grid["way"] for s in grid["shot"]
+            for n in grid["n_characters"] for seed in grid["seeds"]]
+
+
+def parse_experiment(exp: str) -> dict:
+    match = re.fullmatch(EXPERIMENT_PATTERN, exp)
+    if match is None:
+        raise ValueError(f"not an experiment id: {exp!r}")
+    way, shot, chars, seed = map(int, match.groups())
+    return {"way": way, "shot": shot, "n_characters": chars, "seed": seed}
+
+
+def pools(config) -> dict[str, PoolPlan]:
+    """Every image pool of the study, by name (checks the task settings first)."""
+    check_tasks(config["tasks"])
+    t = config["tasks"]
+    chars = tuple(sorted(set(t["n_characters"])))
+    plans = [PoolPlan(w, s, seed, t["query"], chars, t["n_val_tasks"], t["n_test_tasks"], config["kernel"]["block_size"])
+             for w in t["way"] for s in t["shot"] for seed in t["seeds"]]
+    return {p.name: p for p in plans}
+
+
+def pool_of(config, exp: str) -> PoolPlan:
+    e = parse_experiment(exp)
+    return pools(config)[f"pool-{e['way']}way{e['shot']}shot-seed{e['seed']}"]
+
+
+def check_tasks(tasks) -> None:
+    """What the task settings alone decide, before any download; errors name the key."""
+    n_train_pool, n_test_pool = CHARACTER_POOLS[tasks["split"]]
+    n_val = tasks.get("n_val_characters", 0)
+    for way in tasks["way"]:
+        bad = [n for n in tasks["n_characters"] if n % way]
+        if bad:
+            raise ValueError(f"tasks.n_characters {bad} must be multiples of tasks.way ({way})")
+        if way > n_test_pool:
+            raise ValueError(f"tasks.way ({way}) exceeds the {n_test_pool} test characters of split {tasks['split']!r}")
+        if tasks["n_val_tasks"] and n_val < way:
+            raise ValueError(f"tasks.n_val_characters ({n_val}) must be >= tasks.way ({way}) when tasks.n_val_tasks > 0")
+    for shot in tasks["shot"]:
+        if shot + tasks["query"] > DRAWERS:
+            raise ValueError(f"tasks.shot + tasks.query = {shot + tasks['query']} exceeds the {DRAWERS} images per character")
+    if max(tasks["n_characters"]) + n_val > n_train_pool:
+        raise ValueError(
+            f"tasks.n_characters ({max(tasks['n_characters'])}) + tasks.n_val_characters ({n_val}) exceed the "
+            f"{n_train_pool} training-side characters of split {tasks['split']!r}"
+        )
+
+
+# ---------------------------------------------------------------- identity and hashes
+
+
+def canonical(value):
+    """Dicts with sorted keys, recursively: reordering keys in the config file is no change."""
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(item) for item in value]
+    return value
+
+
+def kernel_image_size(config) -> int:
+    return config["kernel"].get("image_size") or config["data"]["image_size"]
+
+
+def kernel_identity(config) -> dict:
+    """Everything that decides a kernel value of given images (not how it is computed)."""
+    kernel = {k: v for k, v in config["kernel"].items() if k not in RUNTIME_KEYS}
+    kernel["image_size"] = kernel_image_size(config)
+    data = {k: config["data"][k] for k in ("image_size", "resample")}
+    return canonical({"kernel": kernel, "data": data})
+
+
+def short_hash(obj) -> str:
+    """12 hex digits of the SHA-256 of `obj` as canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def as_params(obj) -> dict:
+    """A Block or PoolPlan as plain data (JSON types) for a job's params."""
+    return json.loads(json.dumps(asdict(obj)))
+
+
+def from_params(cls, params: dict):
+    """Inverse of as_params (lists back to tuples)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
+
+
+# ------------------------------------------------------------------------------ cost
+
+
+def pair_seconds(kernel: dict, pixels: int, device: str) -> float:
+    """Seconds per kernel pair: GPU wall seconds (H200) or CPU-seconds (one core)."""
+    if kernel["type"] == "ntk":
+        return NTK_SECONDS_PER_PAIR
+    work = kernel["depth"] * pixels * (pixels if kernel["gap"] else 1)
+    return work * (GPU_SECONDS_PER_UNIT if device == "cuda" else CPU_SECONDS_PER_UNIT)
+
+
+def kernel_pixels(config) -> int:
+    return (kernel_image_size(config) + 2 * config["kernel"]["pad"]) ** 2
+
+
+def per_experiment_pairs(config) -> int:
+    """Pairs of the former plan, one kernel per experiment (train, test x train, test tasks)."""
+    total = 0
+    for exp in experiment_ids(config):
+        e, t = parse_experiment(exp), config["tasks"]
+        n = e["n_characters"] * (e["shot"] + t["query"])
+        size = e["way"] * (e["shot"] + t["query"])
+        total += n * (n + 1) // 2 + t["n_test_tasks"] * size * n + t["n_test_tasks"] * size * (size + 1) // 2
+    return total
+
+
+def cost_lines(config) -> list[str]:
+    plans = pools(config)
+    stages = dict.fromkeys(STAGES, 0)
+    for plan in plans.values():
+        for key, value in plan.pairs_by_stage().items():
+            stages[key] += value
+    gpu, cpu = (pair_seconds(config["kernel"], kernel_pixels(config), d) / 3600 for d in ("cuda", "cpu"))
+    k = config["kernel"]
+    side = kernel_image_size(config) + 2 * k["pad"]
+    lines = [f"{len(plans)} image pools, {len(experiment_ids(config))} experiments, "
+             f"{sum(len(p.blocks) for p in plans.values())} kernel blocks; kernel {k['type']} depth {k['depth']} "
+             f"{'gap' if k.get('gap') else 'trace'} on {side}x{side} images",
+             f"{'stage':<28}{'pairs':>14}{'GPU-hours':>12}{'CPU-hours':>12}"]
+    for key, pairs in stages.items():
+        lines.append(f"{'kernel ' + key:<28}{pairs:>14.4g}{pairs * gpu:>12.3g}{pairs * cpu:>12.3g}")
+    total = sum(stages.values())
+    lines.append(f"{'kernel (all)':<28}{total:>14.4g}{total * gpu:>12.3g}{total * cpu:>12.3g}")
+    for method, speed in META_ITERATIONS_PER_SECOND.items():
+        if config.get(method, {}).get("enabled"):
+            hours = len(experiment_ids(config)) * config[method]["options"]["meta_iterations"] / speed / 3600
+            lines.append(f"{method + ' (meta-training)':<28}{'-':>14}{hours:>12.3g}{'-':>12}")
+    lines.append(f"one kernel per experiment (former plan): {per_experiment_pairs(config):.4g} pairs "
+                 f"(pooled: {total / per_experiment_pairs(config):.0%})")
+    lines.append("GPU-hours: NVIDIA H200 speeds; CPU-hours: CPU-seconds of the 2-core VM (BENCHMARKS.md)")
+    lines.append(f"total kernel pairs: {total}")
+    return lines
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(description="Planned kernel pairs and projected hours of a config.")
+    parser.add_argument("config", help="a config file, e.g. config/paper.yaml")
+    args = parser.parse_args(argv)
+    with open(args.config) as f:
+        config = yaml.safe_load(f)
+    print(f"{args.config}:")
+    print("\n".join(cost_lines(config)))
+
+
+if __name__ == "__main__":
+    main()
