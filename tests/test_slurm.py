@@ -215,7 +215,7 @@ def test_failed_job_is_retried_then_fails_the_run_naming_its_log(cluster, tmp_pa
 
 # The tiny test config, cut to what proves the point in a few minutes on 2 shared cores
 # (each SLURM job pays 5-20 s of Snakemake start-up there): one experiment, blocks of 100
-# images (3 kernel blocks instead of 24; the kernel does not depend on the block size),
+# images (5 kernel blocks instead of 21; the kernel does not depend on the block size),
 # and no MAML/iMAML (CPU torch jobs with nothing SLURM-specific, ~1 min).
 SLURM_TEST_CONFIG = {"tasks": {"n_characters": [10]}, "kernel": {"block_size": 100},
                      "maml": {"enabled": False}, "imaml": {"enabled": False}}
@@ -258,8 +258,8 @@ def test_tiny_config_on_slurm_matches_local_run(cluster, mirror, tmp_path):
     assert not {"download_omniglot", "all"} & set(rules), tail(result)
     assert {"preprocess_omniglot", "make_tasks", "kernel_block", "assemble_kernel", "solve_mnk", "aggregate",
             "figures"} <= set(rules), tail(result)
-    blocks = sorted((slurm / "results" / "kernels" / "5way1shot-10char-seed0" / "blocks").glob("*.npz"))
-    assert rules.count("kernel_block") == len(blocks) == 3, tail(result)
+    blocks = sorted((slurm / "results" / "kernels" / "pool-5way1shot-seed0" / "blocks").glob("*.npz"))
+    assert rules.count("kernel_block") == len(blocks) == 5, tail(result)
     assert len({log for _, _, log in jobs}) == len(jobs), "a job was submitted twice"
     rows = cluster.sacct([job_id for job_id, _, _ in jobs])
     assert len(rows) == len(jobs)
@@ -279,7 +279,7 @@ def test_tiny_config_on_slurm_matches_local_run(cluster, mirror, tmp_path):
     assert run.returncode == 0, tail(run)
     assert "preprocess_omniglot" not in run.stdout + run.stderr
     for name in (f"tasks/{exp}/tasks.npz", f"tasks/{exp}/images.npz", f"kernels/{exp}/kernel.npz",
-                 *(f"kernels/{exp}/blocks/{p.name}" for p in blocks)):
+                 *(f"kernels/pool-5way1shot-seed0/blocks/{p.name}" for p in blocks)):
         ours, theirs = load_npz(slurm / "results" / name), load_npz(local / "results" / name)
         assert sorted(ours) == sorted(theirs), name
         for key in ours:

@@ -107,28 +107,32 @@ def test_tiny_run_produces_every_output(project):
 
 def test_assembled_kernel_equals_one_shot_gram(project):
     from mnk.blocks import base_kernel
-    from mnk.data import transform_images
     from mnk.io import load_npz
+    from mnk.kernels.transform import transform_images
 
     exp = project / "results"
     config = yaml.safe_load((project / "config" / "config.yaml").read_text())
     tasks = load_npz(exp / "tasks" / "5way1shot-10char-seed0" / "tasks.npz")
     raw = load_npz(exp / "tasks" / "5way1shot-10char-seed0" / "images.npz")["images"]
+    pool = load_npz(exp / "tasks" / "pool-5way1shot-seed0" / "pool.npz")
+    pool_raw = load_npz(exp / "tasks" / "pool-5way1shot-seed0" / "images.npz")["images"]
     kernel = load_npz(exp / "kernels" / "5way1shot-10char-seed0" / "kernel.npz")
     n_train = int(tasks["n_train_images"])
-    images = transform_images(raw, pad=config["kernel"]["pad"], standardize=config["kernel"]["standardize"],
-                              reference=raw[:n_train])
-    full = base_kernel(images, None, config["kernel"])
+    # Standardised on the pool's training images (those of the largest experiment).
+    k = config["kernel"]
+    images = transform_images(raw, image_size=k["image_size"], pad=k["pad"], standardize=k["standardize"],
+                              reference=pool_raw[: int(pool["n_train_images"])])
+    full = base_kernel(images, None, k)
     computed = kernel["computed"]
     np.testing.assert_allclose(kernel["K"][computed], full[computed], rtol=1e-12, atol=0)
-    # Exactly the needed pairs: train x train, test x train, within each test task.
-    task_size = tasks["test_support"].shape[1] + tasks["test_query"].shape[1]
-    test_ids = np.arange(n_train, len(raw)).reshape(-1, task_size)
+    # Exactly the needed pairs: train x train, (val, test) x train, within each val/test task.
     expected = np.zeros_like(computed)
     expected[:, :n_train] = expected[:n_train, :] = True
-    for ids in test_ids:
-        expected[np.ix_(ids, ids)] = True
+    for name in ("val", "test"):
+        for ids in np.concatenate([tasks[f"{name}_support"], tasks[f"{name}_query"]], axis=1):
+            expected[np.ix_(ids, ids)] = True
     np.testing.assert_array_equal(computed, expected)
+    assert len(tasks["val_support"]) == config["tasks"]["n_val_tasks"]
 
 
 def test_nothing_left_to_do_after_a_run(project):
@@ -136,21 +140,24 @@ def test_nothing_left_to_do_after_a_run(project):
 
 
 def test_interrupted_kernel_stage_resumes_with_the_missing_block_only(project, tmp_path):
-    """As a run interrupted in the kernel stage leaves it: one block and everything
-    downstream of the kernel stage missing. Only that block is recomputed."""
+    """As a run interrupted in the kernel stage leaves it: one block of the shared image pool
+    and everything downstream of the kernel stage missing. Only that block is recomputed."""
     results = project / "results"
-    exp = "5way1shot-5char-seed0"
-    blocks = sorted((results / "kernels" / exp / "blocks").glob("*.npz"))
+    pool = "pool-5way1shot-seed0"
+    blocks = sorted((results / "kernels" / pool / "blocks").glob("*.npz"))
     assert len(blocks) > 3
-    victim = blocks[1]
-    downstream = [victim, results / "kernels" / exp / "kernel.npz", *sorted((results / "mnk" / exp).iterdir()),
+    victim = results / "kernels" / pool / "blocks" / "task-0-0.npz"  # every experiment reads it
+    experiments = ["5way1shot-5char-seed0", "5way1shot-10char-seed0"]
+    downstream = [victim, *(results / "kernels" / e / "kernel.npz" for e in experiments),
+                  *(p for e in experiments for p in sorted((results / "mnk" / e).iterdir())),
                   results / "summary.csv", *sorted((results / "figures").iterdir())]
     moved = {path: tmp_path / f"{i}" for i, path in enumerate(downstream)}
     for path, aside in moved.items():
         path.rename(aside)  # keeps mtimes, so the restore below leaves the project as it was
     try:
         jobs = planned_jobs(project)
-        assert [w for rule, w in jobs if rule == "kernel_block"] == [f"exp={exp}, block={victim.stem}"]
+        assert [w for rule, w in jobs if rule == "kernel_block"] == [f"pool={pool}, block=task-0-0"]
+        assert sorted(w for rule, w in jobs if rule == "assemble_kernel") == sorted(f"exp={e}" for e in experiments)
         assert {rule for rule, _ in jobs} == {"kernel_block", "assemble_kernel", "solve_mnk", "aggregate", "figures", "all"}
     finally:
         for path, aside in moved.items():
@@ -164,9 +171,22 @@ def test_changing_one_experiment_reruns_only_it(project, tmp_path):
     path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(project, "--configfile", str(path))
-    experiments = {re.search(r"exp=([\w-]+)", w).group(1) for _, w in jobs if "exp=" in w}
+    # The shared image pool grows to 15 characters, so the kernels of its experiments are
+    # gathered again; nothing else of the 5-character experiment reruns.
+    experiments = {re.search(r"exp=([\w-]+)", w).group(1) for rule, w in jobs
+                   if "exp=" in w and rule not in ("assemble_kernel", "solve_mnk")}
     assert experiments == {"5way1shot-15char-seed0"}
     assert "preprocess_omniglot" not in {rule for rule, _ in jobs}
+    assert ("make_pool", "pool=pool-5way1shot-seed0") in jobs
+
+
+def test_runtime_kernel_settings_rerun_nothing(project, tmp_path):
+    config = yaml.safe_load((project / "config" / "config.yaml").read_text())
+    config["kernel"]["backend"] = "cpu"  # the values do not depend on it
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    rules = {rule for rule, _ in planned_jobs(project, "--configfile", str(path))}
+    assert rules <= {"aggregate", "figures", "all"}  # the summary records the config's hash
 
 
 def test_changing_a_kernel_parameter_reruns_kernels_not_baselines(project, tmp_path):

@@ -136,7 +136,9 @@ def kernel_block_runtime(wildcards, attempt):
     pool = POOLS[wildcards.pool]
     pairs = pool.block(wildcards.block).n_pairs(pool.task_size)
     device = "cuda" if config["kernel"]["backend"] == "cuda" else "cpu"
-    seconds = pairs * plan.pair_seconds(config["kernel"], plan.kernel_pixels(config), device)
+    seconds = pairs * plan.pair_seconds(
+        config["kernel"], plan.kernel_pixels(config), device
+    )
     if device == "cpu":
         seconds /= 8  # CPU-seconds over the rule's threads
     return int(10 + 3 * seconds / 60) * attempt
