@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-SPLITS = ("background", "original")
-ORIGINAL_TRAIN_CHARACTERS = 1200  # the original code: first 1200 of 1,623 characters train
-DRAWERS = 20
+from mnk.omniglot import DRAWERS, ORIGINAL_TRAIN_CHARACTERS, SPLITS  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)
