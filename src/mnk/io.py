@@ -41,7 +41,7 @@ class MissingKeyError(KeyError):
 
 def rebuild_hint(path: str | os.PathLike) -> str:
     """How to rebuild `path` and everything made from it (works for any rule's output)."""
-    return (f"rebuild it and everything made from it with `snakemake --cores all --forcerun {path}` "
+    return (f"rebuild it, and everything made from it, with `snakemake --cores all --forcerun {path}` "
             f"(see {TROUBLESHOOTING})")
 
 
@@ -64,8 +64,7 @@ def reading(path: str | os.PathLike, what: str = "file"):
         raise FileNotFoundError(f"{what} {path} is missing; {rebuild_hint(path)}") from error
     except _CORRUPT as error:
         raise CorruptFileError(
-            f"{what} {path} is corrupt or truncated ({type(error).__name__}: {error}); "
-            f"delete it and {rebuild_hint(path)}"
+            f"{what} {path} is corrupt or truncated ({type(error).__name__}: {error}); {rebuild_hint(path)}"
         ) from error
 
 
