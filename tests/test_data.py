@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import shutil
+import socket
 import zipfile
 
 import numpy as np
@@ -160,3 +162,72 @@ def test_image_to_array_matches_pil_lanczos():
     expected = 1 - np.asarray(Image.fromarray(square.astype(np.uint8) * 255).resize((28, 28), Image.LANCZOS)) / 255
     np.testing.assert_allclose(out, expected, atol=1e-6)
     assert out[0, 0] == 0 and out[13, 13] == pytest.approx(1, abs=0.02)
+
+
+# ------------------------------------------------ offline, checksum formats, bad mirror copies
+
+
+@pytest.mark.parametrize("reason", [
+    socket.gaierror(-3, "Temporary failure in name resolution"),
+    ConnectionRefusedError(111, "Connection refused"),
+    OSError(errno.ENETUNREACH, "Network is unreachable"),
+])
+def test_offline_official_download_fails_at_once_and_points_at_the_mirror(tmp_path, monkeypatch, reason):
+    calls = []
+
+    def offline(url, timeout):
+        calls.append(url)
+        raise data.urllib.error.URLError(reason)
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(data.time, "sleep", lambda s: pytest.fail("an offline machine must not be retried"))
+    with pytest.raises(DataError) as error:
+        data.download_archive("images_background", tmp_path / "b.zip", retries=4, backoff=30)
+    message = str(error.value)
+    assert len(calls) == 1
+    assert "OMNIGLOT_MIRROR" in message and "data.source: mirror" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_http_not_found_is_not_retried(tmp_path, monkeypatch):
+    calls = []
+
+    def not_found(url, timeout):
+        calls.append(url)
+        raise data.urllib.error.HTTPError(url, 404, "Not Found", {}, None)
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", not_found)
+    with pytest.raises(DataError, match="404"):
+        data.download_archive("images_background", tmp_path / "b.zip", retries=4, backoff=0)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("sums_name,algorithm", [("SHA256SUMS", "sha256"), ("MD5SUMS", "md5")])
+def test_bsd_format_checksum_files_are_accepted(mirror, tmp_path, sums_name, algorithm):
+    """`sha256sum --tag` / macOS `shasum -a 256 --tag` / `md5` write 'SHA256 (file) = hex'."""
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    for name in ("images_background.zip", "images_evaluation.zip"):
+        (folder / name).symlink_to(mirror / name)
+    lines = [f"{algorithm.upper()} ({name}) = {data.file_digest(mirror / name, algorithm)}"
+             for name in ("images_background.zip", "images_evaluation.zip")]
+    (folder / sums_name).write_text("\n".join(lines) + "\n")
+    src = data.resolve_source("images_evaluation", source="mirror", mirror=str(folder))
+    assert (src.algorithm, src.digest) == (algorithm, data.file_digest(mirror / "images_evaluation.zip", algorithm))
+    out = data.download_archive("images_evaluation", tmp_path / "out.zip", source="mirror", mirror=str(folder))
+    assert out.read_bytes() == (mirror / "images_evaluation.zip").read_bytes()
+
+
+def test_truncated_mirror_copy_with_matching_checksum_blames_the_mirror(mirror, tmp_path):
+    """The checksum file was regenerated from a truncated copy: the digest matches, the zip is
+    bad, and downloading again from that mirror cannot help: say so, write nothing."""
+    folder = _copy_mirror(mirror, tmp_path, truncate="images_evaluation.zip")
+    digest = hashlib.sha256((folder / "images_evaluation.zip").read_bytes()).hexdigest()
+    (folder / "SHA256SUMS").write_text(f"{digest}  images_evaluation.zip\n")
+    target = tmp_path / "out" / "images_evaluation.zip"
+    with pytest.raises(DataError) as error:
+        data.download_archive("images_evaluation", target, source="mirror", mirror=str(folder))
+    message = str(error.value)
+    assert "mirror's copy" in message and str(folder / "images_evaluation.zip") in message
+    assert "cannot help" in message
+    assert list((tmp_path / "out").iterdir()) == []

@@ -12,37 +12,35 @@ by name. This order defines the original code's split (first 1200 characters tra
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
 import os
 import re
 import shutil
+import socket
 import stat
 import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from mnk.io import atomic_path, save_npz
+from mnk.omniglot import ARCHIVES, EXPECTED_COUNTS
 
 log = logging.getLogger("mnk.data")
 
-ARCHIVES = ("images_background", "images_evaluation")
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
 # md5 of the official archives (what a download from OFFICIAL_URL gives).
 OFFICIAL_MD5 = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
-}
-# What a complete Omniglot holds; preprocessing fails loudly on anything else.
-EXPECTED_COUNTS = {
-    "images_background": {"alphabets": 30, "characters": 964, "images": 19280},
-    "images_evaluation": {"alphabets": 20, "characters": 659, "images": 13180},
 }
 MIRROR_ENV = "OMNIGLOT_MIRROR"
 RESAMPLE_FILTERS = ("lanczos", "bicubic", "bilinear", "box", "nearest")
@@ -68,14 +66,29 @@ class Source:
         return self.location.startswith(("http://", "https://"))
 
 
+_BSD_LINE = re.compile(r"^(?P<algorithm>[A-Za-z0-9-]+) \((?P<name>.+)\) = (?P<digest>[0-9A-Fa-f]+)$")
+_CHECKSUM_FILES = (("sha256", "SHA256SUMS"), ("md5", "MD5SUMS"))
+
+
 def read_checksum_file(path: Path) -> dict[str, str]:
-    """Parse an `md5sum`/`sha256sum` style file: '<digest>  <file name>' per line."""
-    sums = {}
+    """Parse a checksum file: GNU lines '<digest>  [*]<file name>' (`sha256sum`) or BSD lines
+    'SHA256 (<file name>) = <digest>' (`sha256sum --tag`, macOS `shasum`/`md5`)."""
+    return {name: digest for name, (_, digest) in _checksum_entries(path).items()}
+
+
+def _checksum_entries(path: Path) -> dict[str, tuple[str | None, str]]:
+    """{file name: (algorithm named on a BSD line or None, digest)}."""
+    entries = {}
     for line in path.read_text().splitlines():
+        bsd = _BSD_LINE.match(line.strip())
+        if bsd:
+            algorithm = bsd["algorithm"].lower().replace("-", "")
+            entries[bsd["name"]] = (algorithm, bsd["digest"].lower())
+            continue
         parts = line.split()
         if len(parts) == 2:
-            sums[parts[1].lstrip("*")] = parts[0].lower()
-    return sums
+            entries[parts[1].lstrip("*")] = (None, parts[0].lower())
+    return entries
 
 
 def resolve_source(name: str, source: str = "official", mirror: str | None = None) -> Source:
@@ -90,19 +103,21 @@ def resolve_source(name: str, source: str = "official", mirror: str | None = Non
     if source != "mirror":
         raise ValueError(f"data.source must be 'official' or 'mirror', got {source!r}")
     if not mirror:
-        raise ValueError("data.source is 'mirror' but no mirror folder is given (data.mirror)")
+        raise ValueError(f"data.source is 'mirror' but no mirror folder is given (data.mirror or ${MIRROR_ENV})")
     folder = Path(mirror)
     if not folder.is_dir():
         raise DataError(f"Omniglot mirror folder {folder} does not exist")
     file_name = f"{name}.zip"
-    for algorithm, sums_name in (("sha256", "SHA256SUMS"), ("md5", "MD5SUMS")):
+    for algorithm, sums_name in _CHECKSUM_FILES:
         sums_path = folder / sums_name
         if sums_path.is_file():
-            sums = read_checksum_file(sums_path)
-            if file_name in sums:
-                return Source(str(folder / file_name), algorithm, sums[file_name])
+            entries = _checksum_entries(sums_path)
+            if file_name in entries:
+                tagged, digest = entries[file_name]
+                return Source(str(folder / file_name), tagged or algorithm, digest)
     raise DataError(
-        f"mirror {folder} has no checksum for {file_name} (expected SHA256SUMS or MD5SUMS)"
+        f"mirror {folder} has no checksum for {file_name}: expected a line '<digest>  {file_name}' or "
+        f"'SHA256 ({file_name}) = <digest>' in {' or '.join(n for _, n in _CHECKSUM_FILES)}"
     )
 
 
@@ -114,6 +129,21 @@ def file_digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
+OFFLINE_HINT = (f"this machine seems to be offline: use a local copy of Omniglot with data.source: mirror "
+                f"and data.mirror: <folder>, or set ${MIRROR_ENV}=<folder> (the folder holds "
+                f"{' and '.join(a + '.zip' for a in ARCHIVES)} and a SHA256SUMS or MD5SUMS)")
+
+
+def _is_permanent(error: BaseException) -> bool:
+    """Errors that a retry cannot cure: no DNS, no route, refused, or an HTTP 4xx (but 429)."""
+    if isinstance(error, urllib.error.HTTPError):
+        return 400 <= error.code < 500 and error.code != 429
+    reason = getattr(error, "reason", error)
+    return isinstance(reason, (socket.gaierror, ConnectionRefusedError)) or (
+        isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
+    )
+
+
 def _fetch_url(url: str, target: Path, retries: int, backoff: float) -> None:
     for attempt in range(1, retries + 1):
         try:
@@ -121,11 +151,35 @@ def _fetch_url(url: str, target: Path, retries: int, backoff: float) -> None:
                 shutil.copyfileobj(response, out, 1 << 20)
             return
         except (urllib.error.URLError, OSError, TimeoutError) as error:
+            if _is_permanent(error):
+                hint = "" if isinstance(error, urllib.error.HTTPError) else f"; {OFFLINE_HINT}"
+                raise DataError(f"could not download {url}: {error}{hint}") from error
             if attempt == retries:
-                raise DataError(f"could not download {url} after {retries} tries: {error}") from error
+                raise DataError(f"could not download {url} after {retries} tries: {error}; "
+                                f"if this machine has no internet access, {OFFLINE_HINT}") from error
             wait = backoff * 2 ** (attempt - 1)
             log.warning("download of %s failed (%s); retry %d/%d in %.0f s", url, error, attempt, retries, wait)
             time.sleep(wait)
+
+
+def _check_zip(path: Path, name: str, src: Source) -> None:
+    """Read every member (CRCs included): a copy can match its checksum and still be damaged,
+    when the checksum file was made from the damaged copy."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad_member = zf.testzip()
+        problem = None if bad_member is None else f"member {bad_member!r} fails its CRC check"
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as error:
+        problem = f"not a readable zip archive: {error}"
+    if problem is None:
+        return
+    if src.is_url:
+        cure = f"the download from {src.location} is damaged: download again"
+    else:
+        cure = (f"the mirror's copy {src.location} is itself damaged (it matches its {src.algorithm} checksum, "
+                "so the checksum file was made from the damaged copy); downloading again from this mirror "
+                "cannot help: replace the archive and its checksum in the mirror from a good copy")
+    raise DataError(f"{name}.zip: {problem}; {cure}")
 
 
 def download_archive(
@@ -149,11 +203,13 @@ def download_archive(
         actual = file_digest(tmp, src.algorithm)
         if actual != src.digest:
             size = tmp.stat().st_size
+            cure = "download again" if src.is_url else "replace the mirror's copy from a good one"
             raise DataError(
                 f"checksum mismatch for {name}.zip from {src.location}: expected {src.algorithm} "
-                f"{src.digest}, got {actual} ({size} bytes; truncated or corrupt download). "
+                f"{src.digest}, got {actual} ({size} bytes; truncated or corrupt copy: {cure}). "
                 f"Nothing was written to {destination}."
             )
+        _check_zip(tmp, name, src)
     return destination
 
 
@@ -184,7 +240,10 @@ def iter_archive_pngs(archive: str | os.PathLike):
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as error:
-        raise DataError(f"{archive} is not a valid zip archive ({error}); delete it and download again") from error
+        raise DataError(
+            f"{archive} is not a valid zip archive ({error}); delete it and rerun (`snakemake --cores all "
+            f"--forcerun {archive}`); if it came from a mirror, the mirror's copy is damaged: replace it"
+        ) from error
     with zf:
         members = [(_check_member(info, archive), info) for info in zf.infolist()]
         for path, info in sorted(members, key=lambda item: item[0].parts):

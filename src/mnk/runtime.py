@@ -10,8 +10,98 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+# The Snakemake process that runs this job, as "pid:start-time" (set by the Snakefile).
+WORKFLOW_PROCESS_ENV = "MNK_WORKFLOW_PROCESS"
+WATCH_SECONDS = 5.0
+
+
+class OrphanedJobError(RuntimeError):
+    """The Snakemake process that started this job is gone: its outputs must not be written."""
+
+
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a process from /proc (Linux), None if it does not exist."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces
+    return int(fields[1]), fields[19]
+
+
+def process_token(pid: int | None = None) -> str:
+    """'pid:start-time' of a process (start time from /proc; empty where there is none)."""
+    pid = os.getpid() if pid is None else pid
+    stat = _proc_stat(pid) if Path("/proc/self/stat").exists() else None
+    return f"{pid}:{stat[1] if stat else ''}"
+
+
+def export_workflow_process() -> None:
+    """Called by the Snakefile: jobs started by this process write outputs only while it lives.
+
+    Every Snakemake process that runs jobs parses the Snakefile (the main one, and on SLURM
+    the one inside each job), so the token always names the job's own Snakemake.
+    """
+    os.environ[WORKFLOW_PROCESS_ENV] = process_token()
+
+
+def workflow_alive() -> bool | None:
+    """Is the Snakemake process that started this job still its ancestor? None outside one.
+
+    Walking the parent chain (not only asking whether the pid exists) also catches a pid that
+    was reused after Snakemake died: an orphan's chain ends at init or a subreaper.
+    """
+    token = os.environ.get(WORKFLOW_PROCESS_ENV)
+    if not token:
+        return None
+    pid_text, _, start = token.partition(":")
+    pid = int(pid_text)
+    if not start:  # no /proc (macOS): the best we can do is "does the pid exist"
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    ancestor = os.getppid()
+    while ancestor > 1:
+        stat = _proc_stat(ancestor)
+        if stat is None:
+            return False
+        if ancestor == pid:
+            return stat[1] == start
+        ancestor = stat[0]
+    return False
+
+
+def check_workflow_alive(path: str | os.PathLike = "") -> None:
+    """Raise OrphanedJobError unless the job's Snakemake process is alive (or there is none)."""
+    if workflow_alive() is False:
+        raise OrphanedJobError(
+            f"the Snakemake process that started this job ({os.environ[WORKFLOW_PROCESS_ENV].split(':')[0]}) "
+            f"is gone; not writing {path or 'any output'}, so that a newer run's result is never "
+            "overwritten by this orphaned job"
+        )
+
+
+def _watch_workflow(logger: logging.Logger, stop: threading.Event, interval: float) -> None:
+    """Stop the job (KeyboardInterrupt in the main thread) once its Snakemake is gone.
+
+    (Not PR_SET_PDEATHSIG: the script's parent is the shell Snakemake starts, which outlives
+    a killed Snakemake, and the signal follows the parent *thread*, a pool worker.)
+    """
+    while workflow_alive() is not False:
+        if stop.wait(interval):
+            return
+    logger.error("the Snakemake process that started this job is gone: stopping this orphaned job")
+    import _thread
+
+    _thread.interrupt_main()
 
 
 @contextlib.contextmanager
@@ -31,6 +121,9 @@ def logged_run(log_path: str | os.PathLike | None, name: str):
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logger = logging.getLogger(name)
     start = time.perf_counter()
+    stop = threading.Event()
+    if workflow_alive() is not None:  # an orphan stops instead of computing for nobody
+        threading.Thread(target=_watch_workflow, args=(logger, stop, WATCH_SECONDS), daemon=True).start()
     with contextlib.redirect_stderr(stream) if stream else contextlib.nullcontext():
         try:
             yield logger
@@ -38,6 +131,7 @@ def logged_run(log_path: str | os.PathLike | None, name: str):
             logger.error("failed: %s: %s", type(error).__name__, error)
             raise
         finally:
+            stop.set()
             logger.info("wall time %.1f s", time.perf_counter() - start)
             if stream:
                 stream.close()

@@ -31,9 +31,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-SPLITS = ("background", "original")
-ORIGINAL_TRAIN_CHARACTERS = 1200  # the original code: first 1200 of 1,623 characters train
-DRAWERS = 20
+from mnk.omniglot import DRAWERS, ORIGINAL_TRAIN_CHARACTERS, SPLITS  # noqa: F401 (re-exported)
+
 # Seeded streams, one per part of the design (values are arbitrary, fixed forever).
 _VAL_CHARACTERS, _TRAIN_ORDER, _TRAIN_IMAGES, _VAL_TASKS, _TEST_TASKS, _TRAIN_TASKS = range(1, 7)
 

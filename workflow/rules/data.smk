@@ -1,12 +1,13 @@
 # Omniglot: download (official URL or mirror), preprocess, sample tasks.
 
 
+# No `retries:` here: download_archive retries transient network errors itself and fails at
+# once, pointing at the mirror options, when the machine is offline.
 rule download_omniglot:
     output:
         "results/data/raw/{archive}.zip",
     log:
         "logs/download_omniglot/{archive}.log",
-    retries: 2
     conda:
         "../../envs/data.yaml"
     params:

@@ -1,0 +1,163 @@
+"""Checks that the config alone decides, run by the Snakefile right after schema validation.
+
+The schema checks each key on its own; these check combinations of keys and facts about
+Omniglot, so that a config that cannot work fails before any download or job, naming the
+keys, instead of hours later inside a job. Every problem found is reported at once.
+
+Plain Python (no numpy, no torch): Snakemake's own environment runs this. Keys these checks
+do not know are ignored, and a missing key is the schema's business, not theirs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from mnk.omniglot import ARCHIVES, DRAWERS, pool_sizes
+
+CNTK_MIN_DEPTH = 2  # the CNTK recursion needs one hidden layer (mnk.kernels.check_depth)
+GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")  # NVIDIA driver, ROCm
+
+
+class ConfigError(ValueError):
+    """A config that cannot work; the message names the keys."""
+
+
+def check_config(config: dict, workdir: str | os.PathLike = ".", environ=None) -> None:
+    """Raise ConfigError listing every problem of `config` found without running anything."""
+    environ = os.environ if environ is None else environ
+    problems = [
+        *task_problems(config.get("tasks", {})),
+        *kernel_problems(config.get("kernel", {})),
+        *mnk_problems(config.get("mnk", {})),
+        *data_problems(config.get("data", {}), Path(workdir), environ),
+    ]
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def task_problems(tasks: dict) -> list[str]:
+    """Every (way, shot, n_characters) of the grid must make tasks of the chosen split."""
+    problems = []
+    ways, shots, sizes = (_as_list(tasks.get(key, [])) for key in ("way", "shot", "n_characters"))
+    for way in ways:
+        bad = [n for n in sizes if n < way or n % way]
+        if bad:
+            problems.append(
+                f"tasks.n_characters {bad} not a multiple of tasks.way {way}: training tasks split the "
+                f"training characters into groups of {way}"
+            )
+    query = tasks.get("query")
+    if query is not None:
+        for shot in shots:
+            if shot + query > DRAWERS:
+                problems.append(
+                    f"tasks.shot + tasks.query = {shot} + {query} = {shot + query} exceeds the {DRAWERS} "
+                    "images (drawers) of an Omniglot character"
+                )
+    if tasks.get("split") is not None:
+        problems += _pool_problems(tasks, ways, sizes)
+    return problems
+
+
+def _pool_problems(tasks: dict, ways: list, sizes: list) -> list[str]:
+    split = tasks["split"]
+    n_train, n_test = pool_sizes(split)
+    problems = []
+    # Validation characters (where configured) come from the training side, disjoint from the
+    # training characters of every experiment (those are nested, so the largest counts).
+    n_val = tasks.get("n_val_characters") or 0
+    needed = max(sizes, default=0) + n_val
+    if needed > n_train:
+        what = f"max(tasks.n_characters) + tasks.n_val_characters = {needed}" if n_val else \
+            f"tasks.n_characters {max(sizes)}"
+        problems.append(f"{what} exceeds the {n_train} training characters of tasks.split {split!r}")
+    if ways and max(ways) > n_test:
+        problems.append(f"tasks.way {max(ways)} exceeds the {n_test} test characters of tasks.split {split!r}")
+    if n_val and ways and max(ways) > n_val:
+        problems.append(f"tasks.n_val_characters {n_val} is smaller than tasks.way {max(ways)}: a "
+                        "validation task needs `way` distinct characters")
+    return problems
+
+
+def kernel_problems(kernel: dict) -> list[str]:
+    shallow = [d for d in _as_list(kernel.get("depth", [])) if isinstance(d, int) and d < CNTK_MIN_DEPTH]
+    if kernel.get("type") == "cntk" and shallow:
+        return [f"kernel.depth {shallow[0]} is too shallow for kernel.type 'cntk' (needs >= "
+                f"{CNTK_MIN_DEPTH}: the CNTK recursion has at least one hidden layer)"]
+    return []
+
+
+def mnk_problems(mnk: dict) -> list[str]:
+    problems = []
+    ridge = _as_list(mnk.get("ridge", []))
+    if any(isinstance(r, (int, float)) and not math.isfinite(r) for r in ridge):
+        problems.append(f"mnk.ridge {ridge} must be finite")
+    if mnk.get("solver") == "lowrank":
+        finite = [t for t in _as_list(mnk.get("meta_time", math.inf))
+                  if isinstance(t, (int, float)) and math.isfinite(t)]
+        if finite:
+            problems.append(
+                f"mnk.solver 'lowrank' needs mnk.meta_time .inf, got {finite[0]}: use solver 'dense' "
+                "(or 'auto') for a finite meta_time"
+            )
+        if len(ridge) == 2 and ridge[1] == 0:
+            problems.append("mnk.solver 'lowrank' needs mnk.ridge[1] (r2) > 0: Phi[train, train] has "
+                            "rank <= the number of images")
+    return problems
+
+
+def data_problems(data: dict, workdir: Path, environ) -> list[str]:
+    """A mirror download must have a mirror folder (checked only while an archive is missing)."""
+    env_mirror = environ.get("OMNIGLOT_MIRROR")
+    if env_mirror:
+        source, mirror, key = "mirror", env_mirror, "$OMNIGLOT_MIRROR"
+    else:
+        source, mirror, key = data.get("source"), data.get("mirror"), "data.mirror"
+    archives = [workdir / "results" / "data" / "raw" / f"{name}.zip" for name in ARCHIVES]
+    if source != "mirror" or all(path.is_file() for path in archives):
+        return []
+    if not mirror:
+        return ["data.source is 'mirror' but data.mirror is empty and $OMNIGLOT_MIRROR is not set"]
+    folder = Path(mirror) if Path(mirror).is_absolute() else workdir / mirror
+    if not folder.is_dir():
+        return [f"{key}: the Omniglot mirror folder {mirror} does not exist (seen from {workdir.resolve()})"]
+    return []
+
+
+def gpu_visible(environ=None) -> tuple[bool, str]:
+    """(is a GPU visible here, why not): from device files and CUDA_VISIBLE_DEVICES only.
+
+    Cheap on purpose: importing torch or CuPy takes seconds and Snakemake's own environment
+    need not have them. A GPU hidden by CUDA_VISIBLE_DEVICES="" or "-1" does not count.
+    """
+    environ = os.environ if environ is None else environ
+    visible = environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False, f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    if any(Path(path).exists() for path in GPU_DEVICE_FILES):
+        return True, ""
+    return False, f"no GPU device file ({', '.join(GPU_DEVICE_FILES)}) on this machine"
+
+
+def check_devices(config: dict, environ=None) -> None:
+    """`device: cuda` / `kernel.backend: cuda` need a GPU where the jobs run.
+
+    Called when jobs run on this machine (not for a cluster, whose GPU nodes are elsewhere).
+    """
+    wanted = [key for key, value in (("device", config.get("device")),
+                                     ("kernel.backend", config.get("kernel", {}).get("backend")))
+              if value == "cuda"]
+    if not wanted:
+        return
+    ok, why = gpu_visible(environ)
+    if not ok:
+        raise ConfigError(
+            f"{' and '.join(wanted)} 'cuda' but this machine has no usable GPU ({why}); use 'auto' "
+            "(GPU when there is one) or 'cpu', or run on a GPU node (--profile profiles/slurm)"
+        )

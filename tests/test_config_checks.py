@@ -1,0 +1,168 @@
+"""Configs that cannot work fail at config validation, naming the keys, before any download."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mnk import config_checks
+from mnk.config_checks import ConfigError, check_config, check_devices
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DEFAULT = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+NO_ENV: dict = {}
+
+
+def _edited(edit) -> dict:
+    config = copy.deepcopy(DEFAULT)
+    edit(config)
+    return config
+
+
+def _problems(config, tmp_path, environ=NO_ENV) -> str:
+    with pytest.raises(ConfigError) as error:
+        check_config(config, workdir=tmp_path, environ=environ)
+    return str(error.value)
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "test.yaml", "paper.yaml"])
+def test_shipped_configs_pass(name, tmp_path):
+    path = REPO / "config" / name
+    if not path.exists():
+        pytest.skip(f"{name} not present")
+    config = yaml.safe_load(path.read_text())
+    (tmp_path / "mirror").mkdir()
+    config["data"]["mirror"] = str(tmp_path / "mirror")
+    check_config(config, workdir=tmp_path, environ=NO_ENV)
+
+
+def test_unknown_keys_are_ignored(tmp_path):
+    """Keys added later (by other stages) are the schema's business, not these checks'."""
+    config = _edited(lambda c: (c["kernel"].update(dtype="float32"), c["tasks"].update(future_key=[1, 2]),
+                                c.update(new_section={"x": 1})))
+    check_config(config, workdir=tmp_path, environ=NO_ENV)
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda c: c["tasks"].update(n_characters=[5, 12]), ["tasks.n_characters [12]", "tasks.way 5"]),
+    (lambda c: c["tasks"].update(n_characters=[3]), ["tasks.n_characters [3]", "multiple of tasks.way 5"]),
+    (lambda c: c["tasks"].update(shot=[1, 5], query=16), ["tasks.shot + tasks.query = 5 + 16 = 21", "20 images"]),
+    (lambda c: c["tasks"].update(n_characters=[5, 965]), ["tasks.n_characters 965", "964 training characters",
+                                                         "'background'"]),
+    (lambda c: c["tasks"].update(split="original", n_characters=[1205]), ["1205", "1200 training characters"]),
+    (lambda c: c["tasks"].update(split="original", way=[424], n_characters=[848]),
+     ["tasks.way 424", "423 test characters"]),
+    (lambda c: c["tasks"].update(n_val_characters=950), ["max(tasks.n_characters) + tasks.n_val_characters = 970",
+                                                       "964 training characters"]),
+    (lambda c: c["tasks"].update(n_val_characters=3), ["tasks.n_val_characters 3", "tasks.way 5"]),
+    (lambda c: c["kernel"].update(depth=1), ["kernel.depth 1", "'cntk'", ">= 2"]),
+    (lambda c: c["mnk"].update(solver="lowrank", meta_time=10.0), ["mnk.solver 'lowrank'", "mnk.meta_time",
+                                                                   "10.0"]),
+    (lambda c: c["mnk"].update(solver="lowrank", ridge=[1e-5, 0.0]), ["mnk.ridge[1] (r2) > 0"]),
+    (lambda c: c["mnk"].update(ridge=[math.inf, 1e-5]), ["mnk.ridge", "finite"]),
+])
+def test_each_impossible_combination_names_its_keys(tmp_path, edit, expected):
+    message = _problems(_edited(edit), tmp_path)
+    for text in expected:
+        assert text in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    config = _edited(lambda c: (c["tasks"].update(n_characters=[12], query=20), c["kernel"].update(depth=1)))
+    message = _problems(config, tmp_path)
+    assert message.count("\n  - ") == 3
+
+
+def test_ntk_depth_one_is_fine(tmp_path):
+    check_config(_edited(lambda c: c["kernel"].update(type="ntk", depth=1)), workdir=tmp_path, environ=NO_ENV)
+
+
+def test_mirror_source_needs_an_existing_folder_while_archives_are_missing(tmp_path):
+    config = _edited(lambda c: c["data"].update(source="mirror", mirror="no/such/folder"))
+    message = _problems(config, tmp_path)
+    assert "data.mirror" in message and "no/such/folder" in message
+    assert "$OMNIGLOT_MIRROR" in _problems(config, tmp_path, {"OMNIGLOT_MIRROR": str(tmp_path / "gone")})
+    empty = _edited(lambda c: c["data"].update(source="mirror", mirror=""))
+    assert "data.mirror is empty" in _problems(empty, tmp_path)
+    check_config(config, workdir=tmp_path, environ={"OMNIGLOT_MIRROR": str(tmp_path)})  # env folder exists
+    raw = tmp_path / "results" / "data" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("images_background", "images_evaluation"):
+        (raw / f"{name}.zip").touch()
+    check_config(config, workdir=tmp_path, environ=NO_ENV)  # downloaded already: the mirror is not needed
+
+
+@pytest.mark.parametrize("key,edit", [
+    ("device", lambda c: c.update(device="cuda")),
+    ("kernel.backend", lambda c: c["kernel"].update(backend="cuda")),
+])
+def test_cuda_without_a_gpu_is_refused(monkeypatch, key, edit):
+    monkeypatch.setattr(config_checks, "GPU_DEVICE_FILES", ("/nonexistent/nvidia0",))
+    with pytest.raises(ConfigError, match=f"{key} 'cuda'.*no usable GPU"):
+        check_devices(_edited(edit), environ=NO_ENV)
+    check_devices(DEFAULT, environ=NO_ENV)  # 'auto' needs no GPU
+
+
+def test_cuda_hidden_by_cuda_visible_devices(tmp_path, monkeypatch):
+    device = tmp_path / "nvidia0"
+    device.touch()
+    monkeypatch.setattr(config_checks, "GPU_DEVICE_FILES", (str(device),))
+    config = _edited(lambda c: c.update(device="cuda"))
+    check_devices(config, environ=NO_ENV)
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
+        check_devices(config, environ={"CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_config_checks_import_without_numpy_or_torch():
+    code = ("import sys; sys.modules['numpy'] = None; sys.modules['torch'] = None; "
+            "import mnk.config_checks, mnk.runtime")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# ------------------------------------------------------------------ through Snakemake
+
+
+def _snakemake(workdir: Path, *args, env=None):
+    return subprocess.run([str(BIN / "snakemake"), *args], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMNIGLOT_MIRROR": "", **(env or {})})
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda c: c["tasks"].update(n_characters=[5, 12]), "tasks.n_characters [12]"),  # mnk.config_checks
+    (lambda c: c["kernel"].update(depth=1), "'kernel'"),  # the schema's conditional bound
+    (lambda c: c["tasks"].update(n_test_tasks=20000), "20000 is greater than the maximum"),
+    (lambda c: c["tasks"].update(seeds=[0, 0]), "non-unique"),
+    (lambda c: c["tasks"].update(way=[1], n_characters=[5]), "less than the minimum of 2"),
+])
+def test_dry_run_fails_at_validation(tmp_path, edit, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(_edited(edit)))
+    result = _snakemake(REPO, "--dry-run", "--configfile", str(path))
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert expected in output, output[-3000:]
+    assert "Building DAG" not in output  # refused before any planning, let alone a job
+
+
+@pytest.mark.skipif(config_checks.gpu_visible()[0], reason="this machine has a GPU")
+def test_run_with_device_cuda_without_gpu_stops_before_any_job(tmp_path):
+    for name in ("workflow", "scripts", "src", "config", "envs"):
+        shutil.copytree(REPO / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config.update(device="cuda")
+    config["data"].update(source="official")
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    result = _snakemake(tmp_path, "--cores", "1")
+    assert result.returncode != 0
+    assert "device 'cuda' but this machine has no usable GPU" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()  # nothing downloaded, no job ran
