@@ -49,7 +49,9 @@ def bench_one(
     method, impl, extra, *, device, meta_batch, network, hidden, way, shot, query, budget, seed=0
 ):
     torch.manual_seed(seed)
-    opts = M.resolve_options(method, {"network": network, "hidden": hidden, **extra})
+    opts = M.options_from_config(
+        method, {"network": network, "hidden": hidden, "implementation": impl, **extra}
+    )
     model = build_network(network, n_classes=way, image_size=(28, 28), hidden=hidden).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.meta_lr)
     g = torch.Generator().manual_seed(seed)
@@ -58,24 +60,10 @@ def bench_one(
     ys = torch.arange(way).repeat_interleave(shot).repeat(meta_batch, 1).to(device)
     yq = torch.arange(way).repeat_interleave(query).repeat(meta_batch, 1).to(device)
     batch = (xs, ys, xq, yq)
-    if method == "maml":
-        fn = M.maml_meta_gradient if impl == "vmap" else M.maml_meta_gradient_loop
-        kw = dict(
-            inner_steps=opts.inner_steps, inner_lr=opts.inner_lr, first_order=opts.first_order
-        )
-    else:
-        fn = M.imaml_meta_gradient if impl == "vmap" else M.imaml_meta_gradient_loop
-        kw = dict(
-            inner_steps=opts.inner_steps,
-            inner_lr=opts.inner_lr,
-            lam=opts.lam,
-            cg_steps=opts.cg_steps,
-            cg_damping=opts.cg_damping,
-            lam_damping=opts.lam_damping,
-        )
+    meta_gradient = M.meta_gradient_fn(method, opts)  # the training loop's own dispatch
 
     def step():
-        grads, loss, acc = fn(model, dict(model.named_parameters()), batch, **kw)
+        grads, loss, acc = meta_gradient(model, dict(model.named_parameters()), batch)
         for k, p in model.named_parameters():
             p.grad = grads[k]
         optimizer.step()
@@ -218,7 +206,8 @@ def omniglot_run(args):
         f"{len(tasks['train_support'])} training tasks",
         flush=True,
     )
-    opts = {"network": "conv4", "hidden": 64}
+    # a fixed pool of many tasks (this mode's tasks carry no per-image characters)
+    opts = {"network": "conv4", "hidden": 64, "task_sampling": "fixed"}
     if args.method == "maml":
         # Finn et al. 2017, Omniglot 5-way 1-shot: meta-batch 32, 1 step lr 0.4, 3 at test
         opts.update(meta_batch_size=32, inner_steps=1, inner_lr=0.4, test_inner_steps=3)

@@ -3,25 +3,27 @@
 import torch
 
 from mnk.io import atomic_path, load_npz, save_json
-from mnk.maml import train_and_evaluate
+from mnk.maml import options_from_config, train_and_evaluate
 from mnk.runtime import device_name, git_revision, logged_run, resolve_device
 
 with logged_run(snakemake.log[0], f"train_{snakemake.wildcards.method}") as log:
     torch.set_num_threads(snakemake.threads)
+    method = snakemake.wildcards.method
+    options = options_from_config(method, snakemake.params.options)  # errors name the key
     device = resolve_device(snakemake.params.device)
     tasks = load_npz(snakemake.input.tasks)
     images = load_npz(snakemake.input.images)["images"]
     metrics, checkpoint = train_and_evaluate(
         images,
         tasks,
-        method=snakemake.wildcards.method,
-        options=snakemake.params.options,
+        method=method,
+        options=options,
         seed=snakemake.params.experiment["seed"],
         device=device,
         log=log,
     )
     metrics.update(
-        method=snakemake.wildcards.method,
+        method=method,
         experiment=snakemake.wildcards.exp,
         **snakemake.params.experiment,
         n_train_tasks=len(tasks["train_support"]),

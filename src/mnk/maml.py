@@ -2,7 +2,8 @@
 
 Everything per task is a pure function of a parameter dict (``functional_call`` on a
 network whose BatchNorm uses batch statistics, see :mod:`mnk.nets`), so the tasks of a
-meta-batch are processed together with ``torch.func.vmap``:
+meta-batch are processed together with ``torch.func.vmap`` (the functional MAML of
+torch.func's tutorial):
 
 * MAML: ``grad`` (outer) of the mean over ``vmap``-ed tasks of the query loss after
   ``inner_steps`` differentiable SGD steps (``grad`` inside). Second order by default;
@@ -10,44 +11,52 @@ meta-batch are processed together with ``torch.func.vmap``:
 * iMAML: per task, ``inner_steps`` (T) gradient steps on L_support(phi) + lam/2 ||phi -
   theta||^2 starting from theta, then the implicit meta-gradient
   g = (I + H/lam)^-1 grad_phi L_query(phi), H = Hessian of L_support at phi, with
-  ``cg_steps`` (K) conjugate-gradient steps on Hessian-vector products
-  (forward-over-reverse, ``jvp`` of ``grad``). The whole per-task computation, CG
-  included, is ``vmap``-ed over the meta-batch.
+  ``cg_steps`` (K) plain conjugate-gradient steps on Hessian-vector products
+  (forward-over-reverse, ``jvp`` of ``grad``), vmapped over the meta-batch.
 
-``maml_meta_gradient_loop`` is the plain per-task loop with ``torch.autograd.grad``
-(the structure ``higher`` imposes); tests and the benchmark compare it with the vmapped
-implementation.
+Options: one frozen :class:`MAMLOptions` / :class:`IMAMLOptions` per method, built once
+from its config section by :func:`options_from_config` (errors name the key, e.g.
+``maml.options.inner_lr``) and passed whole; :func:`meta_gradient_fn` binds them to the
+meta-gradient of a method (shared with ``benchmarks/bench_maml.py``).
 
-Model selection is honest: every ``eval_every`` meta-iterations the model is evaluated
-on the validation tasks (training characters) and on the test tasks; the checkpoint
-with the best validation accuracy is selected and *its* test accuracy is reported.
-The optimistic protocol of the original notebook (maximum test accuracy over all
-evaluations) is recorded separately as ``max_test_accuracy_over_evaluations``.
+Training tasks (``task_sampling``): ``resample`` (default, as the original code) draws
+fresh tasks for every meta-batch from the experiment's training characters: `way`
+random characters, a random support/query split of each character's images, labels in
+the order drawn. ``fixed`` samples meta-batches from the experiment's fixed task set.
+
+Model selection is honest: every ``eval_every`` meta-updates (epochs when ``epochs`` is
+set) the model is evaluated on the validation tasks and on the test tasks; the
+checkpoint with the best validation accuracy is selected and *its* test accuracy is
+reported (``accuracy``). The original code's number, the maximum test accuracy over all
+evaluations, is recorded separately as ``max_test_accuracy_over_evaluations``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
-from tqdm.auto import tqdm
 
 from mnk.metrics import accuracy_ci
 from mnk.nets import NETWORKS, build_network
+from mnk.progress import progress_bar
 
 __all__ = [
     "METHODS",
+    "TASK_SAMPLING",
     "MAMLOptions",
     "IMAMLOptions",
-    "resolve_options",
+    "options_from_config",
+    "meta_gradient_fn",
     "train_and_evaluate",
     "maml_meta_gradient",
     "maml_meta_gradient_loop",
@@ -55,12 +64,20 @@ __all__ = [
     "imaml_meta_gradient_loop",
     "imaml_task_hypergradient",
     "adapt",
+    "adaptation_fn",
     "evaluate_tasks",
     "make_batch",
+    "training_images_by_character",
+    "resample_tasks",
+    "TaskSampler",
 ]
 
 METHODS = ("maml", "imaml")
-SETS = ("train", "val", "test")
+TASK_SAMPLING = ("resample", "fixed")
+IMPLEMENTATIONS = ("vmap", "loop")
+EPOCH_UPDATES = ("all", "last")
+AUTO_META_BATCH_CAP = 32  # the original: batchsz = min(32, n_characters)
+TASK_KEYS = ("support", "query", "support_labels", "query_labels")
 
 Params = dict[str, torch.Tensor]
 
@@ -68,97 +85,182 @@ Params = dict[str, torch.Tensor]
 # --------------------------------------------------------------------------- options
 
 
-@dataclass
-class _CommonOptions:
-    network: str = "conv3"  # "conv3" (original comparison) or "conv4" (MAML paper)
+def _require(ok: bool, key: str, must: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {must}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or isinstance(value, (float, np.floating))
+
+
+@dataclass(frozen=True)
+class _MetaLearnerOptions:
+    """Options shared by MAML and iMAML (defaults: the original comparison's protocol)."""
+
+    section: ClassVar[str] = "options"
+    network: str = "conv3"
     hidden: int = 64  # channels of every conv layer
-    meta_iterations: int = 20000
-    meta_batch_size: int = 32
+    # Budget: exactly one of `meta_iterations` (meta-updates) and `epochs` (the original:
+    # an epoch is n_characters // meta_batch meta-updates, or one with epoch_updates "last").
+    meta_iterations: int | None = None
+    epochs: int | None = 200
+    epoch_updates: str = "all"
+    meta_batch_size: int | str = "auto"  # "auto": min(32, n_characters)
     meta_lr: float = 1e-3  # Adam
-    inner_steps: int = 1
-    inner_lr: float = 0.4
-    test_inner_steps: int = 3
-    eval_every: int = 500
+    inner_steps: int = 5
+    inner_lr: float = 0.1
+    test_inner_steps: int = 5
+    eval_every: int = 5  # meta-updates, or epochs when `epochs` is set
     eval_chunk: int = 100  # tasks per vmap call at evaluation (memory knob only)
-    # meta-gradient: "vmap" (torch.func.vmap over the tasks of a meta-batch) or "loop" (plain
-    # per-task loop; same gradient up to rounding). vmap is 2-13x faster on a GPU; on a
-    # 2-core CPU the loop was faster for MAML with conv3 (see BENCHMARKS / bench_maml.py).
+    # "vmap" (torch.func.vmap over the tasks of a meta-batch) or "loop" (plain per-task
+    # loop; same gradient up to rounding; see BENCHMARKS.md for which is faster where).
     implementation: str = "vmap"
+    task_sampling: str = "resample"
+
+    def __post_init__(self):
+        self._validate()
+
+    def _key(self, name: str) -> str:
+        return f"{self.section}.{name}"
+
+    def _validate(self) -> None:
+        k = self._key
+        _require(self.network in NETWORKS, k("network"), f"one of {NETWORKS}", self.network)
+        for name in ("hidden", "eval_every", "eval_chunk"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, k(name), "an integer >= 1", value)
+        for name in ("inner_steps", "test_inner_steps"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 0, k(name), "an integer >= 0", value)
+        _require(_is_number(self.inner_lr) and self.inner_lr > 0, k("inner_lr"), "a number > 0",
+                 self.inner_lr)
+        # meta_lr 0 is allowed: the same run without meta-training (a baseline and a test)
+        _require(_is_number(self.meta_lr) and self.meta_lr >= 0, k("meta_lr"), "a number >= 0",
+                 self.meta_lr)
+        _require((self.meta_iterations is None) != (self.epochs is None), k("meta_iterations"),
+                 f"set, or else {k('epochs')}, but not both", (self.meta_iterations, self.epochs))
+        for name in ("meta_iterations", "epochs"):
+            value = getattr(self, name)
+            _require(value is None or (_is_int(value) and value >= 1), k(name),
+                     "an integer >= 1", value)
+        mb = self.meta_batch_size
+        _require(mb == "auto" or (_is_int(mb) and mb >= 1), k("meta_batch_size"),
+                 "an integer >= 1 or 'auto'", mb)
+        for name, choices in (("implementation", IMPLEMENTATIONS), ("task_sampling", TASK_SAMPLING),
+                              ("epoch_updates", EPOCH_UPDATES)):
+            value = getattr(self, name)
+            _require(value in choices, k(name), f"one of {choices}", value)
+
+    # ---- the budget of one experiment with `n_characters` training characters
+    def meta_batch(self, n_characters: int) -> int:
+        if self.meta_batch_size == "auto":
+            return min(AUTO_META_BATCH_CAP, n_characters)
+        return int(self.meta_batch_size)
+
+    def updates_per_epoch(self, n_characters: int) -> int:
+        if self.epochs is None or self.epoch_updates == "last":
+            return 1
+        return max(1, n_characters // self.meta_batch(n_characters))
+
+    def n_updates(self, n_characters: int) -> int:
+        if self.epochs is None:
+            return int(self.meta_iterations)
+        return int(self.epochs) * self.updates_per_epoch(n_characters)
+
+    def eval_interval(self, n_characters: int) -> int:
+        """Meta-updates between evaluations."""
+        return int(self.eval_every) * self.updates_per_epoch(n_characters)
 
 
-@dataclass
-class MAMLOptions(_CommonOptions):
-    """MAML defaults: Finn et al. 2017, Omniglot 5-way (1 inner step of lr 0.4, 3 at test)."""
+@dataclass(frozen=True)
+class MAMLOptions(_MetaLearnerOptions):
+    """MAML; defaults of the original comparison (maml_utils.py): 5 steps of lr 0.1."""
 
+    section: ClassVar[str] = "maml.options"
     first_order: bool = False  # False: second-order MAML (default); True: FOMAML
 
+    def _validate(self) -> None:
+        super()._validate()
+        _require(isinstance(self.first_order, (bool, np.bool_)), self._key("first_order"),
+                 "true or false", self.first_order)
 
-@dataclass
-class IMAMLOptions(_CommonOptions):
-    """iMAML defaults of the original comparison: lam 2, T 16, K 5, inner lr 0.1, 16 tasks."""
 
-    meta_batch_size: int = 16
+@dataclass(frozen=True)
+class IMAMLOptions(_MetaLearnerOptions):
+    """iMAML; defaults of the original comparison (imaml_utils.py): lam 2, T 16, K 5."""
+
+    section: ClassVar[str] = "imaml.options"
+    network: str = "imaml4"
     inner_steps: int = 16  # T
-    inner_lr: float = 0.1
     test_inner_steps: int = 16  # test-time adaptation uses the same proximal objective
+    epoch_updates: str = "last"  # the original steps its optimiser once per epoch
     lam: float = 2.0  # proximal regularisation strength lambda
     cg_steps: int = 5  # K
-    # CG system A g = grad L_query with A = (1 + cg_damping) I + H / (lam + lam_damping).
-    # 0 and 0 give the exact implicit gradient (I + H/lam)^-1 grad L_query of the paper;
-    # the defaults are those of the original iMAML code (Learner.matrix_evaluator:
-    # regu_coef=1.0, lam_damping=10.0), which the original comparison ran. Without
-    # damping, I + H/lam is indefinite early in training (H of a random conv net has
-    # eigenvalues below -lam), CG gives poor directions and meta-training stalls
-    # (measured: ~48% vs MAML's 86% test accuracy after the same short GPU run).
-    cg_damping: float = 1.0
-    lam_damping: float = 10.0
+    # CG system A g = grad L_query, A = (1 + cg_damping) I + H / (lam + lam_damping).
+    # 0 and 0 (default) is plain CG on the exact implicit system I + H/lam, as the
+    # original comparison ran it. The damping (1, 10) is that of the iMAML authors' code
+    # (imaml_dev, Learner.matrix_evaluator: regu_coef, lam_damping), NOT of the
+    # comparison: an ablation, which may help when I + H/lam is indefinite early on.
+    cg_damping: float = 0.0
+    lam_damping: float = 0.0
+    # The original comparison's bug: its proximal term zips over a generator used up at
+    # the first inner step, so only step 1 is regularised (where phi = theta and the term
+    # is zero): the inner loop is plain SGD. True reproduces it; False is the algorithm.
+    proximal_first_step_only: bool = False
+
+    def _validate(self) -> None:
+        super()._validate()
+        k = self._key
+        _require(_is_int(self.cg_steps) and self.cg_steps >= 1, k("cg_steps"),
+                 "an integer >= 1", self.cg_steps)
+        _require(_is_number(self.lam) and self.lam > 0, k("lam"), "a number > 0", self.lam)
+        for name in ("cg_damping", "lam_damping"):
+            value = getattr(self, name)
+            _require(_is_number(value) and value >= 0, k(name), "a number >= 0", value)
+        _require(isinstance(self.proximal_first_step_only, (bool, np.bool_)),
+                 k("proximal_first_step_only"), "true or false", self.proximal_first_step_only)
 
 
-_OPTION_CLASSES = {"maml": MAMLOptions, "imaml": IMAMLOptions}
+OPTION_CLASSES = {"maml": MAMLOptions, "imaml": IMAMLOptions}
 
 
-def resolve_options(method: str, options: dict | None = None):
-    """Defaults of `method` overridden by `options`; unknown keys raise ValueError."""
-    if method not in _OPTION_CLASSES:
+def options_from_config(method: str, section: Mapping | None = None):
+    """The frozen options of `method` from its config section (``<method>.options``).
+
+    Keys not given take the class defaults (the original protocol); giving one of
+    `meta_iterations` / `epochs` unsets the other. Unknown keys raise ValueError.
+    """
+    if method not in OPTION_CLASSES:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    cls = _OPTION_CLASSES[method]
-    options = dict(options or {})
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    for key in options:
-        if key not in names:
-            raise ValueError(f"unknown {method} option {key!r}; valid options: {sorted(names)}")
-    resolved = cls()
-    for key, value in options.items():
-        default = getattr(resolved, key)
-        if isinstance(default, bool):
-            if not isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"{method} option {key!r} must be a bool, got {value!r}")
-            value = bool(value)
-        elif isinstance(default, int):
-            if isinstance(value, bool) or int(value) != value:
-                raise ValueError(f"{method} option {key!r} must be an integer, got {value!r}")
-            value = int(value)
-        elif isinstance(default, float):
-            value = float(value)
-        setattr(resolved, key, value)
-    if resolved.implementation not in ("vmap", "loop"):
-        raise ValueError(
-            f"option 'implementation' must be 'vmap' or 'loop', got {resolved.implementation!r}"
-        )
-    if resolved.network not in NETWORKS:
-        raise ValueError(f"option 'network' must be one of {NETWORKS}, got {resolved.network!r}")
-    for key in ("hidden", "meta_iterations", "meta_batch_size", "eval_every", "eval_chunk"):
-        if getattr(resolved, key) < 1:
-            raise ValueError(f"option {key!r} must be >= 1, got {getattr(resolved, key)}")
-    for key in ("inner_steps", "test_inner_steps") + (("cg_steps",) if method == "imaml" else ()):
-        if getattr(resolved, key) < 0:
-            raise ValueError(f"option {key!r} must be >= 0, got {getattr(resolved, key)}")
-    if method == "imaml":
-        if resolved.lam <= 0:
-            raise ValueError(f"option 'lam' must be > 0, got {resolved.lam}")
-        if resolved.cg_damping < 0 or resolved.lam + resolved.lam_damping <= 0:
-            raise ValueError("options need cg_damping >= 0 and lam + lam_damping > 0")
-    return resolved
+    cls = OPTION_CLASSES[method]
+    section = dict(section or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in section:
+        if key not in fields:
+            raise ValueError(
+                f"unknown option {cls.section}.{key}; valid options: {sorted(fields)}"
+            )
+    if "meta_iterations" in section and "epochs" not in section:
+        section["epochs"] = None
+    if "epochs" in section and "meta_iterations" not in section:
+        section["meta_iterations"] = None
+    for key, value in section.items():  # YAML may write a float as an int (0.1 vs 1)
+        if fields[key].type in ("float", float) and _is_int(value):
+            section[key] = float(value)
+    return cls(**section)
+
+
+def _as_options(method: str, options):
+    if isinstance(options, _MetaLearnerOptions):
+        if not isinstance(options, OPTION_CLASSES[method]):
+            raise TypeError(f"{type(options).__name__} given for method {method!r}")
+        return options
+    return options_from_config(method, options)
 
 
 # --------------------------------------------------------------- per-task functions
@@ -167,6 +269,10 @@ def resolve_options(method: str, options: dict | None = None):
 def _loss_and_logits(model, params: Params, x, y):
     logits = functional_call(model, params, (x,))
     return F.cross_entropy(logits, y), logits
+
+
+def _accuracy(logits, y):
+    return (logits.argmax(dim=-1) == y).to(logits.dtype).mean()
 
 
 def adapt(
@@ -179,11 +285,14 @@ def adapt(
     lr: float,
     lam: float = 0.0,
     first_order: bool = False,
+    proximal_first_step_only: bool = False,
 ) -> Params:
     """`steps` SGD steps on the support loss (+ lam/2 ||phi - params||^2 if lam > 0).
 
     Pure function of `params`; differentiable (second order) through ``torch.func``
     unless `first_order`, which detaches the inner gradients.
+    `proximal_first_step_only` applies the proximal term at the first step only (the
+    original comparison's bug, see :class:`IMAMLOptions`).
     """
 
     def support_loss(p):
@@ -191,37 +300,34 @@ def adapt(
 
     grad_fn = grad(support_loss)
     phi = dict(params)
-    for _ in range(steps):
+    for step in range(steps):
         g = grad_fn(phi)
         if first_order:
             g = {k: v.detach() for k, v in g.items()}
-        if lam:
+        if lam and (step == 0 or not proximal_first_step_only):
             phi = {k: phi[k] - lr * (g[k] + lam * (phi[k] - params[k])) for k in phi}
         else:
             phi = {k: phi[k] - lr * g[k] for k in phi}
     return phi
 
 
-def _accuracy(logits, y):
-    return (logits.argmax(dim=-1) == y).to(logits.dtype).mean()
+def _maml_task(model, options: MAMLOptions, params: Params, xs, ys, xq, yq):
+    phi = adapt(model, params, xs, ys, steps=options.inner_steps, lr=options.inner_lr,
+                first_order=options.first_order)
+    loss, logits = _loss_and_logits(model, phi, xq, yq)
+    return loss, _accuracy(logits, yq)
 
 
-def maml_meta_gradient(
-    model, params: Params, batch, *, inner_steps: int, inner_lr: float, first_order: bool = False
-):
+def maml_meta_gradient(model, params: Params, batch, options: MAMLOptions):
     """MAML meta-gradient of the mean query loss over a meta-batch, vmapped over tasks.
 
     batch = (xs, ys, xq, yq) with a leading task dimension. Returns (grads, loss, acc)
     with grads a dict like `params` and loss/acc detached scalars (mean over tasks).
     """
-
-    def task_loss(p, xs, ys, xq, yq):
-        phi = adapt(model, p, xs, ys, steps=inner_steps, lr=inner_lr, first_order=first_order)
-        loss, logits = _loss_and_logits(model, phi, xq, yq)
-        return loss, _accuracy(logits, yq)
+    task = functools.partial(_maml_task, model, options)
 
     def meta_loss(p):
-        losses, accs = vmap(task_loss, in_dims=(None, 0, 0, 0, 0))(p, *batch)
+        losses, accs = vmap(task, in_dims=(None, 0, 0, 0, 0))(p, *batch)
         loss = losses.mean()
         return loss, (loss.detach(), accs.mean().detach())
 
@@ -230,9 +336,7 @@ def maml_meta_gradient(
     return grads, loss, acc
 
 
-def maml_meta_gradient_loop(
-    model, params: Params, batch, *, inner_steps: int, inner_lr: float, first_order: bool = False
-):
+def maml_meta_gradient_loop(model, params: Params, batch, options: MAMLOptions):
     """Reference MAML meta-gradient: a plain loop over tasks with torch.autograd.grad.
 
     The structure ``higher`` imposes (one differentiable inner loop per task, gradients
@@ -240,23 +344,21 @@ def maml_meta_gradient_loop(
     """
     names = list(params)
     theta = {k: params[k].detach().requires_grad_(True) for k in names}
-    xs_all, ys_all, xq_all, yq_all = batch
-    n_tasks = xs_all.shape[0]
+    n_tasks = batch[0].shape[0]
     total = {k: torch.zeros_like(theta[k]) for k in names}
-    loss_sum = 0.0
-    acc_sum = 0.0
-    for t in range(n_tasks):
+    loss_sum = acc_sum = 0.0
+    for xs, ys, xq, yq in zip(*batch):
         fast = dict(theta)
-        for _ in range(inner_steps):
-            loss, _ = _loss_and_logits(model, fast, xs_all[t], ys_all[t])
-            gs = torch.autograd.grad(loss, [fast[k] for k in names], create_graph=not first_order)
-            fast = {k: fast[k] - inner_lr * g for k, g in zip(names, gs)}
-        qloss, logits = _loss_and_logits(model, fast, xq_all[t], yq_all[t])
-        gq = torch.autograd.grad(qloss / n_tasks, [theta[k] for k in names])
-        for k, g in zip(names, gq):
+        for _ in range(options.inner_steps):
+            loss, _ = _loss_and_logits(model, fast, xs, ys)
+            gs = torch.autograd.grad(loss, [fast[k] for k in names],
+                                     create_graph=not options.first_order)
+            fast = {k: fast[k] - options.inner_lr * g for k, g in zip(names, gs)}
+        qloss, logits = _loss_and_logits(model, fast, xq, yq)
+        for k, g in zip(names, torch.autograd.grad(qloss / n_tasks, [theta[k] for k in names])):
             total[k] += g
         loss_sum = loss_sum + qloss.detach()  # tensors: no host sync per task
-        acc_sum = acc_sum + _accuracy(logits.detach(), yq_all[t])
+        acc_sum = acc_sum + _accuracy(logits.detach(), yq)
     return total, loss_sum / n_tasks, acc_sum / n_tasks
 
 
@@ -283,84 +385,50 @@ def _conjugate_gradient(matvec: Callable[[Params], Params], b: Params, steps: in
     return x
 
 
-def imaml_task_hypergradient(
-    model,
-    params: Params,
-    xs,
-    ys,
-    xq,
-    yq,
-    *,
-    inner_steps: int,
-    inner_lr: float,
-    lam: float,
-    cg_steps: int,
-    phi: Params | None = None,
-    cg_damping: float = 0.0,
-    lam_damping: float = 0.0,
-):
-    """iMAML implicit meta-gradient of one task (vmap-able).
+def _imaml_adaptation(options: IMAMLOptions, steps: int):
+    """The proximal inner loop of iMAML (training: T steps; test: test_inner_steps)."""
+    return functools.partial(adapt, steps=steps, lr=options.inner_lr, lam=options.lam,
+                             first_order=True,
+                             proximal_first_step_only=options.proximal_first_step_only)
 
-    phi = proximal inner solution (computed with `inner_steps` steps from `params` unless
-    given); returns (g, query_loss, query_acc) with g = A^-1 grad L_query(phi),
-    A = (1 + cg_damping) I + H / (lam + lam_damping), approximated by `cg_steps` CG steps
-    from 0, H the Hessian of the support loss at phi. With no damping (the default of this
-    function) A = I + H/lam: the exact implicit gradient when phi is the proximal optimum.
+
+def imaml_task_hypergradient(model, params: Params, task, options: IMAMLOptions,
+                             phi: Params | None = None):
+    """iMAML implicit meta-gradient of one task (vmap-able); task = (xs, ys, xq, yq).
+
+    phi = proximal inner solution (computed with `options.inner_steps` steps from
+    `params` unless given); returns (g, query_loss, query_acc) with g = A^-1 grad
+    L_query(phi), A = (1 + cg_damping) I + H / (lam + lam_damping), approximated by
+    `cg_steps` CG steps from 0, H the Hessian of the support loss at phi. With no
+    damping (the default) A = I + H/lam: the exact implicit gradient at the optimum.
     """
+    xs, ys, xq, yq = task
     params = {k: v.detach() for k, v in params.items()}
     if phi is None:
-        phi = adapt(
-            model, params, xs, ys, steps=inner_steps, lr=inner_lr, lam=lam, first_order=True
-        )
+        phi = _imaml_adaptation(options, options.inner_steps)(model, params, xs, ys)
     phi = {k: v.detach() for k, v in phi.items()}
-
-    def support_loss(p):
-        return _loss_and_logits(model, p, xs, ys)[0]
 
     def query_loss(p):
         loss, logits = _loss_and_logits(model, p, xq, yq)
         return loss, (loss, _accuracy(logits, yq))
 
     gq, (qloss, qacc) = grad(query_loss, has_aux=True)(phi)
-    support_grad = grad(support_loss)
+    support_grad = grad(lambda p: _loss_and_logits(model, p, xs, ys)[0])
+    scale = 1.0 / (options.lam + options.lam_damping)
 
     def matvec(v: Params) -> Params:
         _, hv = jvp(support_grad, (phi,), (v,))
-        return {k: (1.0 + cg_damping) * v[k] + hv[k] / (lam + lam_damping) for k in v}
+        return {k: (1.0 + options.cg_damping) * v[k] + scale * hv[k] for k in v}
 
-    g = _conjugate_gradient(matvec, gq, cg_steps)
+    g = _conjugate_gradient(matvec, gq, options.cg_steps)
     return g, qloss.detach(), qacc.detach()
 
 
-def imaml_meta_gradient(
-    model,
-    params: Params,
-    batch,
-    *,
-    inner_steps: int,
-    inner_lr: float,
-    lam: float,
-    cg_steps: int,
-    cg_damping: float = 0.0,
-    lam_damping: float = 0.0,
-):
+def imaml_meta_gradient(model, params: Params, batch, options: IMAMLOptions):
     """iMAML meta-gradient averaged over a meta-batch, vmapped over tasks (CG included)."""
 
     def task(p, xs, ys, xq, yq):
-        return imaml_task_hypergradient(
-            model,
-            p,
-            xs,
-            ys,
-            xq,
-            yq,
-            inner_steps=inner_steps,
-            inner_lr=inner_lr,
-            lam=lam,
-            cg_steps=cg_steps,
-            cg_damping=cg_damping,
-            lam_damping=lam_damping,
-        )
+        return imaml_task_hypergradient(model, p, (xs, ys, xq, yq), options)
 
     params = {k: v.detach() for k, v in params.items()}
     with torch.no_grad():
@@ -368,85 +436,158 @@ def imaml_meta_gradient(
     return {k: v.mean(dim=0) for k, v in g.items()}, losses.mean(), accs.mean()
 
 
-def imaml_meta_gradient_loop(
-    model,
-    params: Params,
-    batch,
-    *,
-    inner_steps: int,
-    inner_lr: float,
-    lam: float,
-    cg_steps: int,
-    cg_damping: float = 0.0,
-    lam_damping: float = 0.0,
-):
+def imaml_meta_gradient_loop(model, params: Params, batch, options: IMAMLOptions):
     """Reference iMAML meta-gradient: plain Python loop over the tasks (no vmap)."""
     n_tasks = batch[0].shape[0]
     total, loss_sum, acc_sum = None, 0.0, 0.0
-    for t in range(n_tasks):
-        g, loss, acc = imaml_task_hypergradient(
-            model,
-            params,
-            *(b[t] for b in batch),
-            inner_steps=inner_steps,
-            inner_lr=inner_lr,
-            lam=lam,
-            cg_steps=cg_steps,
-            cg_damping=cg_damping,
-            lam_damping=lam_damping,
-        )
+    for task in zip(*batch):
+        g, loss, acc = imaml_task_hypergradient(model, params, task, options)
         total = g if total is None else {k: total[k] + g[k] for k in total}
         loss_sum = loss_sum + loss
         acc_sum = acc_sum + acc
     return {k: v / n_tasks for k, v in total.items()}, loss_sum / n_tasks, acc_sum / n_tasks
 
 
+_META_GRADIENTS = {
+    ("maml", "vmap"): maml_meta_gradient,
+    ("maml", "loop"): maml_meta_gradient_loop,
+    ("imaml", "vmap"): imaml_meta_gradient,
+    ("imaml", "loop"): imaml_meta_gradient_loop,
+}
+
+
+def meta_gradient_fn(method: str, options):
+    """(model, params, batch) -> (grads, loss, acc) for `method` with `options` bound."""
+    options = _as_options(method, options)
+    return functools.partial(_META_GRADIENTS[method, options.implementation], options=options)
+
+
+def adaptation_fn(method: str, options):
+    """(model, params, x, y) -> adapted params: the protocol's test-time adaptation."""
+    options = _as_options(method, options)
+    if method == "imaml":
+        return _imaml_adaptation(options, options.test_inner_steps)
+    return functools.partial(adapt, steps=options.test_inner_steps, lr=options.inner_lr,
+                             first_order=True)
+
+
+# ------------------------------------------------------------------- task batches
+
+
+def _batch_tensors(images_t, support, query, support_labels, query_labels):
+    device = images_t.device
+
+    def index(a):
+        return torch.as_tensor(np.asarray(a), device=device)
+
+    return (images_t[index(support)], index(support_labels).long(),
+            images_t[index(query)], index(query_labels).long())
+
+
+def make_batch(images_t: torch.Tensor, tasks: Mapping, set_name: str, idx):
+    """(xs, ys, xq, yq) for the tasks `idx` of `set_name`; images_t is (N, 1, H, W)."""
+    idx = np.asarray(idx)
+    return _batch_tensors(images_t, *(np.asarray(tasks[f"{set_name}_{key}"])[idx]
+                                      for key in TASK_KEYS))
+
+
+def training_images_by_character(tasks: Mapping) -> list[np.ndarray]:
+    """Local image indices of each training character (sorted by character id).
+
+    From ``train_image_characters`` (character of each local training image) when the
+    tasks file has it, else from the training tasks: label l of task t is the character
+    ``train_task_characters[t, l]``.
+    """
+    if "train_image_characters" in tasks:
+        chars = np.asarray(tasks["train_image_characters"])
+        images = np.arange(len(chars))
+    else:
+        task_chars = np.asarray(tasks["train_task_characters"])
+        parts = [(np.asarray(tasks[f"train_{s}"]), np.asarray(tasks[f"train_{s}_labels"]))
+                 for s in ("support", "query")]
+        images = np.concatenate([ids.ravel() for ids, _ in parts])
+        chars = np.concatenate([np.take_along_axis(task_chars, labels, axis=1).ravel()
+                                for _, labels in parts])
+    pools = []
+    for c in np.unique(chars):
+        pools.append(np.unique(images[chars == c]))
+    return pools
+
+
+def resample_tasks(pools: list[np.ndarray], way: int, shot: int, query: int, n_tasks: int,
+                   rng: np.random.Generator):
+    """`n_tasks` fresh tasks: `way` random characters of `pools`, a random shot/query
+    split of each one's images; label l = the l-th character drawn (class-major arrays)."""
+    support = np.empty((n_tasks, way * shot), np.int64)
+    queries = np.empty((n_tasks, way * query), np.int64)
+    for t in range(n_tasks):
+        for label, c in enumerate(rng.choice(len(pools), way, replace=False)):
+            images = rng.permutation(pools[c])
+            support[t, label * shot:(label + 1) * shot] = images[:shot]
+            queries[t, label * query:(label + 1) * query] = images[shot:shot + query]
+    labels = np.arange(way)
+    return (support, queries, np.tile(np.repeat(labels, shot), (n_tasks, 1)),
+            np.tile(np.repeat(labels, query), (n_tasks, 1)))
+
+
+class TaskSampler:
+    """Index arrays (support, query, support_labels, query_labels) of each meta-batch."""
+
+    def __init__(self, tasks: Mapping, options: _MetaLearnerOptions, seed: int):
+        self.sampling, self.tasks = options.task_sampling, tasks
+        self.rng = np.random.default_rng([seed, 20_200_626])  # independent of torch's init
+        self.way, self.shot, self.query = (_scalar(tasks, k) for k in ("way", "shot", "query"))
+        if self.sampling == "resample":
+            self.pools = training_images_by_character(tasks)
+            short = [len(p) for p in self.pools if len(p) < self.shot + self.query]
+            if len(self.pools) < self.way or short:
+                raise ValueError(f"task_sampling 'resample' needs >= {self.way} training "
+                                 f"characters with >= shot + query images each")
+        self.n_characters = (len(self.pools) if self.sampling == "resample"
+                             else _n_characters(tasks))
+        self.meta_batch = options.meta_batch(self.n_characters)
+
+    def __call__(self):
+        if self.sampling == "resample":
+            return resample_tasks(self.pools, self.way, self.shot, self.query,
+                                  self.meta_batch, self.rng)
+        n_train = len(self.tasks["train_support"])
+        idx = np.sort(self.rng.choice(n_train, self.meta_batch,
+                                      replace=n_train < self.meta_batch))
+        return tuple(np.asarray(self.tasks[f"train_{key}"])[idx] for key in TASK_KEYS)
+
+
+def _scalar(tasks, key):
+    return int(np.asarray(tasks[key]).reshape(()))
+
+
+def _n_characters(tasks) -> int:
+    if "train_characters" in tasks:
+        return len(np.asarray(tasks["train_characters"]))
+    return len(np.unique(np.asarray(tasks["train_task_characters"])))
+
+
 # ----------------------------------------------------------------------- evaluation
 
 
-def make_batch(images_t: torch.Tensor, tasks: dict, set_name: str, idx, device=None):
-    """(xs, ys, xq, yq) for the tasks `idx` of `set_name`; images_t is (N, 1, H, W)."""
-    device = images_t.device if device is None else device
-    idx = np.asarray(idx)
+def evaluate_tasks(model, params: Params, images_t, tasks, set_name: str, adaptation,
+                   chunk: int = 100) -> np.ndarray:
+    """Per-task accuracy on the QUERY points after `adaptation` on each support set.
 
-    def take(key):
-        return torch.as_tensor(np.asarray(tasks[f"{set_name}_{key}"])[idx], device=device)
-
-    sup, qry = take("support"), take("query")
-    return (
-        images_t[sup],
-        take("support_labels").long(),
-        images_t[qry],
-        take("query_labels").long(),
-    )
-
-
-def evaluate_tasks(
-    model,
-    params: Params,
-    images_t,
-    tasks,
-    set_name: str,
-    *,
-    steps: int,
-    lr: float,
-    lam: float = 0.0,
-    chunk: int = 100,
-) -> np.ndarray:
-    """Per-task query accuracy after adapting on each task's support set."""
+    adaptation(model, params, xs, ys) -> adapted params (see :func:`adaptation_fn`).
+    """
     n = np.asarray(tasks[f"{set_name}_support"]).shape[0]
     params = {k: v.detach() for k, v in params.items()}
 
-    def task_acc(p, xs, ys, xq, yq):
-        phi = adapt(model, p, xs, ys, steps=steps, lr=lr, lam=lam, first_order=True)
-        logits = functional_call(model, phi, (xq,))
-        return (logits.argmax(dim=-1) == yq).to(logits.dtype).mean()
+    def task_accuracy(p, xs, ys, xq, yq):
+        phi = adaptation(model, p, xs, ys)
+        return _accuracy(functional_call(model, phi, (xq,)), yq)
 
     out = []
     with torch.no_grad():
         for start in range(0, n, chunk):
             batch = make_batch(images_t, tasks, set_name, np.arange(start, min(n, start + chunk)))
-            out.append(vmap(task_acc, in_dims=(None, 0, 0, 0, 0))(params, *batch).cpu())
+            out.append(vmap(task_accuracy, in_dims=(None, 0, 0, 0, 0))(params, *batch).cpu())
     return torch.cat(out).double().numpy()
 
 
@@ -461,187 +602,173 @@ def _logger(log):
     return log
 
 
-def _scalar(tasks, key):
-    return int(np.asarray(tasks[key]).reshape(()))
-
-
-def train_and_evaluate(
-    images: np.ndarray,
-    tasks: dict,
-    *,
-    method: str,
-    options: dict | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-    log=None,
-):
-    """Meta-train MAML or iMAML on the fixed pool of training tasks; select on val tasks.
-
-    images: float32 (N, H, W); tasks: the make_tasks arrays (see module docstring of the
-    pipeline). Returns (metrics, checkpoint); metrics is JSON-serialisable.
-    """
-    t_start = time.perf_counter()
-    opts = resolve_options(method, options)
-    say = _logger(log)
-    way = _scalar(tasks, "way")
-    for s in SETS:
-        for key in ("support", "query", "support_labels", "query_labels"):
+def _check_inputs(images, tasks) -> np.ndarray:
+    for s in ("train", "val", "test"):
+        for key in TASK_KEYS:
             if f"{s}_{key}" not in tasks:
                 raise KeyError(f"tasks lacks array {s}_{key!r}")
+    if len(tasks["train_support"]) == 0 or len(tasks["test_support"]) == 0:
+        raise ValueError("need at least one training task and one test task")
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3:
         raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+    return images
 
+
+@dataclass
+class _Run:
+    """Everything one training run carries from step to step."""
+
+    method: str
+    options: _MetaLearnerOptions
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    images_t: torch.Tensor
+    tasks: Mapping
+    sampler: TaskSampler
+    meta_gradient: Callable
+    adaptation: Callable
+    n_updates: int
+    eval_interval: int
+    say: Callable
+    curve: list = dataclasses.field(default_factory=list)
+    best: tuple | None = None  # (val_acc, iteration, state_dict, per-task test accuracy)
+    max_test: tuple | None = None  # (test_acc, iteration)
+    running: list = dataclasses.field(default_factory=list)  # (loss, acc) since last eval
+
+    @property
+    def n_val(self) -> int:
+        return len(self.tasks["val_support"])
+
+
+def _start_run(images, tasks, method, options, seed, device, say) -> _Run:
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
     dev = torch.device(device)
     images_t = torch.as_tensor(images, device=dev).unsqueeze(1)
-    model = build_network(
-        opts.network, n_classes=way, image_size=tuple(images.shape[1:]), hidden=opts.hidden
-    ).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.meta_lr)
-    n_train = np.asarray(tasks["train_support"]).shape[0]
-    n_val = np.asarray(tasks["val_support"]).shape[0]
-    if n_train == 0 or np.asarray(tasks["test_support"]).shape[0] == 0:
-        raise ValueError("need at least one training task and one test task")
-    if n_val == 0:
-        say(f"{method}: no validation tasks: the LAST evaluation's checkpoint is selected")
-    lam = opts.lam if method == "imaml" else 0.0
-    say(
-        f"{method}: {n_train} training tasks, {way}-way, network {opts.network}, "
-        f"{sum(p.numel() for p in model.parameters())} parameters, device {dev}, options "
-        f"{dataclasses.asdict(opts)}"
+    model = build_network(options.network, n_classes=_scalar(tasks, "way"),
+                          image_size=tuple(images.shape[1:]), hidden=options.hidden).to(dev)
+    sampler = TaskSampler(tasks, options, seed)
+    return _Run(
+        method=method, options=options, model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=options.meta_lr),
+        images_t=images_t, tasks=tasks, sampler=sampler,
+        meta_gradient=meta_gradient_fn(method, options),
+        adaptation=adaptation_fn(method, options),
+        n_updates=options.n_updates(sampler.n_characters),
+        eval_interval=options.eval_interval(sampler.n_characters), say=say,
     )
 
-    def evaluate(set_name, params):
-        return evaluate_tasks(
-            model,
-            params,
-            images_t,
-            tasks,
-            set_name,
-            steps=opts.test_inner_steps,
-            lr=opts.inner_lr,
-            lam=lam,
-            chunk=opts.eval_chunk,
-        )
 
-    curve: list[dict] = []
-    best = None  # (val_acc, iteration, state_dict, test per-task acc)
-    max_test = None
-    run_loss = run_acc = 0.0
-    run_n = 0
-    bar = tqdm(
-        range(1, opts.meta_iterations + 1), desc=method, disable=not progress, dynamic_ncols=True
-    )
-    for it in bar:
-        replace = n_train < opts.meta_batch_size
-        idx = np.sort(rng.choice(n_train, size=opts.meta_batch_size, replace=replace))
-        batch = make_batch(images_t, tasks, "train", idx)
-        params = dict(model.named_parameters())
-        loop = opts.implementation == "loop"
-        if method == "maml":
-            grads, loss, acc = (maml_meta_gradient_loop if loop else maml_meta_gradient)(
-                model,
-                params,
-                batch,
-                inner_steps=opts.inner_steps,
-                inner_lr=opts.inner_lr,
-                first_order=opts.first_order,
-            )
-        else:
-            grads, loss, acc = (imaml_meta_gradient_loop if loop else imaml_meta_gradient)(
-                model,
-                params,
-                batch,
-                inner_steps=opts.inner_steps,
-                inner_lr=opts.inner_lr,
-                lam=opts.lam,
-                cg_steps=opts.cg_steps,
-                cg_damping=opts.cg_damping,
-                lam_damping=opts.lam_damping,
-            )
-        for k, p in model.named_parameters():
-            p.grad = grads[k].detach()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_f, acc_f = float(loss), float(acc)
-        if not math.isfinite(loss_f):
-            raise FloatingPointError(f"{method}: non-finite meta-loss at iteration {it}")
-        run_loss += loss_f
-        run_acc += acc_f
-        run_n += 1
-        bar.set_postfix(loss=f"{run_loss / run_n:.3f}", acc=f"{run_acc / run_n:.3f}")
+def _meta_update(run: _Run, iteration: int) -> None:
+    """One meta-update: sample a meta-batch, meta-gradient, Adam step."""
+    batch = _batch_tensors(run.images_t, *run.sampler())
+    grads, loss, acc = run.meta_gradient(run.model, dict(run.model.named_parameters()), batch)
+    for k, p in run.model.named_parameters():
+        p.grad = grads[k].detach()
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss, acc = float(loss), float(acc)
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"{run.method}: non-finite meta-loss at meta-update {iteration}")
+    run.running.append((loss, acc))
 
-        if it % opts.eval_every == 0 or it == opts.meta_iterations:
-            params = {k: v.detach() for k, v in model.named_parameters()}
-            val_acc = evaluate("val", params) if n_val else None
-            test_acc = evaluate("test", params)
-            entry = {
-                "iteration": it,
-                "train_loss": run_loss / run_n,
-                "train_acc": run_acc / run_n,
-                "val_acc": float(val_acc.mean()) if n_val else None,
-                "test_acc": float(test_acc.mean()),
-            }
-            curve.append(entry)
-            say(
-                f"{method} it {it}: train loss {entry['train_loss']:.4f} acc "
-                f"{entry['train_acc']:.4f} | val {entry['val_acc'] if n_val else float('nan'):.4f}"
-                f" | test {entry['test_acc']:.4f}"
-            )
-            if best is None or not n_val or entry["val_acc"] > best[0]:
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best = (entry["val_acc"], it, state, test_acc)
-            if max_test is None or entry["test_acc"] > max_test[0]:
-                max_test = (entry["test_acc"], it)
-            run_loss = run_acc = 0.0
-            run_n = 0
-    bar.close()
 
-    val_best, sel_it, state, test_acc = best
+def _evaluate(run: _Run, iteration: int) -> None:
+    """Validation and test accuracy of the current model; keep the best-on-validation one."""
+    params = {k: v.detach() for k, v in run.model.named_parameters()}
+
+    def accuracy(set_name):
+        return evaluate_tasks(run.model, params, run.images_t, run.tasks, set_name,
+                              run.adaptation, chunk=run.options.eval_chunk)
+
+    val_acc = float(accuracy("val").mean()) if run.n_val else None
+    test_acc = accuracy("test")
+    loss, acc = np.mean(run.running, axis=0) if run.running else (math.nan, math.nan)
+    entry = {"iteration": iteration, "train_loss": float(loss), "train_acc": float(acc),
+             "val_acc": val_acc, "test_acc": float(test_acc.mean())}
+    run.curve.append(entry)
+    run.running.clear()
+    run.say(f"{run.method} update {iteration}: train loss {loss:.4f} acc {acc:.4f} | val "
+            f"{val_acc if run.n_val else float('nan'):.4f} | test {entry['test_acc']:.4f}")
+    if run.best is None or not run.n_val or val_acc > run.best[0]:
+        state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+        run.best = (val_acc, iteration, state, test_acc)
+    if run.max_test is None or entry["test_acc"] > run.max_test[0]:
+        run.max_test = (entry["test_acc"], iteration)
+
+
+def _metrics(run: _Run, seed: int, wall_seconds: float) -> dict:
+    val_best, selected, _, test_acc = run.best
     ci = accuracy_ci(test_acc)
-    metrics = {
-        "method": method,
-        "accuracy": ci["accuracy"],
-        "ci95_low": ci["ci95_low"],
-        "ci95_high": ci["ci95_high"],
+    tasks, dev = run.tasks, run.images_t.device
+    selection = ("checkpoint with the best mean validation-task accuracy (ties: earliest)"
+                 if run.n_val else "no validation tasks: the last evaluation")
+    return {
+        "method": run.method,
+        **ci,
         "n_test_tasks": ci["n_tasks"],
-        "selected_iteration": sel_it,
+        "per_task_accuracy": [float(a) for a in test_acc],
+        "test_tasks_id": str(tasks["test_tasks_id"]) if "test_tasks_id" in tasks else None,
+        "task_sampling": run.options.task_sampling,
+        "model_selection": selection + "; accuracy/ci95 are that checkpoint's test accuracy",
+        "selected_iteration": selected,
         "val_accuracy": val_best,
-        "n_val_tasks": int(n_val),
-        "max_test_accuracy_over_evaluations": max_test[0],
-        "max_test_accuracy_iteration": max_test[1],
-        "model_selection": (
-            "checkpoint with best mean val-task accuracy (ties: earliest)"
-            if n_val
-            else "no val tasks: last evaluation"
-        )
-        + "; accuracy/ci95 are that checkpoint's test-task accuracy",
-        "test_per_task_accuracy": [float(a) for a in test_acc],
-        "n_train_tasks": int(n_train),
-        "way": way,
+        "n_val_tasks": run.n_val,
+        "max_test_accuracy_over_evaluations": run.max_test[0],  # the original's number
+        "max_test_accuracy_iteration": run.max_test[1],
+        "n_meta_updates": run.n_updates,
+        "meta_batch_size": run.sampler.meta_batch,
+        "n_characters": run.sampler.n_characters,
+        "n_train_tasks": len(tasks["train_support"]),
+        "way": _scalar(tasks, "way"),
         "shot": _scalar(tasks, "shot") if "shot" in tasks else None,
         "query": _scalar(tasks, "query") if "query" in tasks else None,
         "seed": int(seed),
-        "options": dataclasses.asdict(opts),
+        "options": dataclasses.asdict(run.options),
         "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "torch_version": torch.__version__,
-        "wall_seconds": time.perf_counter() - t_start,
-        "learning_curve": curve,
+        "wall_seconds": wall_seconds,
+        "learning_curve": run.curve,
     }
-    say(
-        f"{method}: selected iteration {sel_it} (val {val_best if n_val else float('nan'):.4f}): test "
-        f"{ci['accuracy']:.4f} [{ci['ci95_low']:.4f}, {ci['ci95_high']:.4f}] over "
-        f"{ci['n_tasks']} tasks; max test over evaluations {max_test[0]:.4f}"
-    )
-    checkpoint = {
-        "state_dict": state,
-        "options": dataclasses.asdict(opts),
-        "iteration": sel_it,
-        "method": method,
-        "way": way,
-        "image_size": list(images.shape[1:]),
-    }
-    return metrics, checkpoint
+
+
+def _checkpoint(run: _Run) -> dict:
+    return {"state_dict": run.best[2], "options": dataclasses.asdict(run.options),
+            "iteration": run.best[1], "method": run.method, "way": _scalar(run.tasks, "way"),
+            "image_size": list(run.images_t.shape[2:])}
+
+
+def train_and_evaluate(images: np.ndarray, tasks: Mapping, *, method: str, options=None,
+                       seed: int = 0, device: str = "cpu", progress: bool = True, log=None):
+    """Meta-train MAML or iMAML on an experiment's tasks; select on the validation tasks.
+
+    images: float32 (N, H, W); tasks: the make_tasks arrays; options: MAMLOptions /
+    IMAMLOptions or a config section (dict). Returns (metrics, checkpoint); metrics is
+    JSON-serialisable.
+    """
+    t_start = time.perf_counter()
+    options = _as_options(method, options)
+    say = _logger(log)
+    run = _start_run(_check_inputs(images, tasks), tasks, method, options, seed, device, say)
+    say(f"{method}: {run.n_updates} meta-updates of {run.sampler.meta_batch} "
+        f"{options.task_sampling} tasks from {run.sampler.n_characters} characters, "
+        f"{sum(p.numel() for p in run.model.parameters())} parameters, options "
+        f"{dataclasses.asdict(options)}")
+    if not run.n_val:
+        say(f"{method}: no validation tasks: the LAST evaluation's checkpoint is selected")
+    bar = progress_bar(run.n_updates, method, "update") if progress else None
+    for iteration in range(1, run.n_updates + 1):
+        _meta_update(run, iteration)
+        if bar is not None:
+            bar.update(1)
+        if iteration % run.eval_interval == 0 or iteration == run.n_updates:
+            _evaluate(run, iteration)
+    if bar is not None:
+        bar.close()
+    metrics = _metrics(run, seed, time.perf_counter() - t_start)
+    say(f"{method}: selected update {metrics['selected_iteration']} (val "
+        f"{metrics['val_accuracy'] if run.n_val else float('nan'):.4f}): test "
+        f"{metrics['accuracy']:.4f} [{metrics['ci95_low']:.4f}, {metrics['ci95_high']:.4f}] "
+        f"over {metrics['n_tasks']} tasks; max test over evaluations "
+        f"{metrics['max_test_accuracy_over_evaluations']:.4f}")
+    return metrics, _checkpoint(run)

@@ -19,6 +19,10 @@ and finite differences with ``nn.BatchNorm2d``; exact with this module.
 * ``conv4`` -- the standard 4-layer Omniglot network of the MAML paper: 4 x [conv 3x3,
   stride 2 (pad 1), BatchNorm, ReLU] with ``hidden`` channels, spatial mean, linear head
   (Finn et al.'s Omniglot variant uses strided convolutions instead of max-pooling).
+* ``imaml4`` -- the iMAML network of the original MNK comparison (``imaml_utils.py``):
+  4 x [conv 3x3 (pad 1), ReLU, 2x2 max-pool, BatchNorm] with ``hidden`` channels,
+  flattened, linear head; conv weights ~ N(0, 2 / (9 * out_channels)) with zero bias,
+  BatchNorm weight 1 / bias 0, and a zero-initialised linear head (weight and bias).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 
 __all__ = ["NETWORKS", "BatchStatNorm2d", "build_network"]
 
-NETWORKS = ("conv3", "conv4")
+NETWORKS = ("conv3", "conv4", "imaml4")
 
 
 class BatchStatNorm2d(nn.Module):
@@ -66,6 +70,29 @@ def _block(c_in: int, c_out: int, *, stride: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def _pool_then_norm_block(c_in: int, c_out: int) -> nn.Sequential:
+    """The original iMAML block: normalisation after the pooling."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        BatchStatNorm2d(c_out),
+    )
+
+
+def _init_imaml4(net: nn.Sequential) -> None:
+    """The original iMAML initialisation: He-normal (fan-out) convs, zero linear head."""
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.Conv2d):
+                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+                module.weight.normal_(0.0, (2.0 / fan_out) ** 0.5)
+                module.bias.zero_()
+            elif isinstance(module, nn.Linear):
+                module.weight.zero_()
+                module.bias.zero_()
+
+
 class _SpatialMean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(-2, -1))
@@ -79,7 +106,7 @@ def build_network(
     hidden: int = 64,
     in_channels: int = 1,
 ) -> nn.Module:
-    """Build ``conv3`` or ``conv4`` for inputs of shape (B, in_channels, H, W)."""
+    """Build ``conv3``, ``conv4`` or ``imaml4`` for inputs of shape (B, in_channels, H, W)."""
     if name == "conv3":
         features = nn.Sequential(
             _block(in_channels, hidden, stride=1, pool=True),
@@ -95,8 +122,16 @@ def build_network(
             _block(hidden, hidden, stride=2, pool=False),
             _SpatialMean(),
         )
+    elif name == "imaml4":
+        channels = [in_channels] + [hidden] * 4
+        features = nn.Sequential(
+            *(_pool_then_norm_block(a, b) for a, b in zip(channels, channels[1:])), nn.Flatten()
+        )
     else:
         raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
     with torch.no_grad():
         n_features = features(torch.zeros(2, in_channels, *image_size)).shape[-1]
-    return nn.Sequential(features, nn.Linear(n_features, n_classes))
+    net = nn.Sequential(features, nn.Linear(n_features, n_classes))
+    if name == "imaml4":
+        _init_imaml4(net)
+    return net
