@@ -423,3 +423,15 @@ def test_mnk_gram_matches_reference_blocks(inner_time, normalize_ntk, normalize_
                                        normalize_mnk=normalize_mnk))
     np.testing.assert_allclose(got, Phi, rtol=0, atol=1e-10)
     np.testing.assert_allclose(got, got.T, atol=1e-12)
+
+
+def test_normalized_kernel_block_is_step_one_in_the_given_order():
+    from mnk.meta import normalized_kernel_block
+
+    p = random_problem(seed=19)
+    images = np.array([7, 3, 3, 11])  # order kept, repeats allowed
+    r1 = 1e-2
+    K = p["K"][np.ix_(images, images)]
+    d = np.sqrt(np.diag(K) + r1)
+    want = (K + r1 * (images[:, None] == images[None, :])) / np.outer(d, d)
+    np.testing.assert_allclose(normalized_kernel_block(p["K"], images, MNKOptions(ridge=(r1, 0.0))), want, atol=1e-14)
