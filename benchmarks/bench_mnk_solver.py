@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from mnk.meta import _CHUNK_BYTES, mnk_memory_bytes, mnk_predict
+from mnk.meta import _CHUNK_BYTES, MNKOptions, TaskSet, mnk_memory_bytes, mnk_predict
 
 WAY, SHOT, QUERY_PER_CLASS, PER_CLASS = 5, 1, 19, 20
 GiB = 2**30
@@ -133,7 +133,8 @@ def main():
                     torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
                 with PeakRSS() as mon:
-                    pred = mnk_predict(K, trS, trQ, trYs, trYq, teS, teQ, teYs, device=device, solver=solver)
+                    pred = mnk_predict(K, TaskSet(trS, trQ, trYs, trYq), TaskSet(teS, teQ, teYs),
+                                       MNKOptions(device=device, solver=solver))
                     if device == "cuda":
                         torch.cuda.synchronize()
                 sec = time.perf_counter() - t0

@@ -1,11 +1,18 @@
-"""Rule aggregate: every metrics file -> results/summary.csv."""
+"""Rule aggregate: every metrics file -> summary.csv, per_task.csv and paired.csv."""
 
 from mnk.io import atomic_path
-from mnk.results import summarise
+from mnk.results import paired_differences, per_task_table, summarise
 from mnk.runtime import logged_run
 
 with logged_run(snakemake.log[0], "aggregate") as log:
+    out = snakemake.output
     summary = summarise(snakemake.input.metrics, snakemake.params.config_hash)
-    log.info("\n%s", summary[["method", "n_characters", "seed", "accuracy"]].to_string())
-    with atomic_path(snakemake.output[0], suffix=".csv") as tmp:
-        summary.to_csv(tmp, index=False)
+    per_task, lacking = per_task_table(snakemake.input.metrics)
+    for path in lacking:
+        log.warning("%s has no per_task_accuracy: left out of per_task.csv and paired.csv", path)
+    paired = paired_differences(per_task)
+    log.info("\n%s", summary[["method", "n_characters", "seed", "accuracy", "test_tasks_id"]].to_string())
+    log.info("paired differences:\n%s", paired.to_string())
+    for frame, path in ((summary, out.summary), (per_task, out.per_task), (paired, out.paired)):
+        with atomic_path(path, suffix=".csv") as tmp:
+            frame.to_csv(tmp, index=False)

@@ -10,14 +10,14 @@ import pytest
 import scipy.linalg
 
 from mnk.meta import (
+    DegenerateKernelError,
+    MNKOptions,
     NotPositiveDefiniteError,
+    TaskSet,
     mnk_gram,
-    class_centroid_targets,
-    class_centroids,
     mnk_predict,
-    one_hot,
-    predict_labels,
 )
+from mnk.targets import class_centroid_targets, class_centroids, one_hot, predict_labels
 
 INF = math.inf
 
@@ -112,8 +112,13 @@ def random_problem(seed=0, n_images=60, n_tr=4, n_te=3, ns=3, nq=4, c=2, dim=5):
     )
 
 
+def predict(K, trS, trQ, trYs, trYq, teS, teQ, teYs, **options):
+    """mnk_predict with the arrays and options spelled out (the tests' shorthand)."""
+    return mnk_predict(K, TaskSet(trS, trQ, trYs, trYq), TaskSet(teS, teQ, teYs), MNKOptions(**options))
+
+
 def call(p, **kw):
-    return mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"], **kw)
+    return predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"], **kw)
 
 
 def ref(p, inner_time=INF, meta_time=INF, ridge=(1e-5, 1e-5), normalize_ntk=True, normalize_mnk=True):
@@ -176,7 +181,7 @@ def test_one_task_no_meta_term_is_plain_kernel_regression():
 
 def test_no_training_tasks_gives_task_regression():
     p = random_problem(seed=6)
-    got = mnk_predict(p["K"], p["trS"][:0], p["trQ"][:0], p["trYs"][:0], p["trYq"][:0],
+    got = predict(p["K"], p["trS"][:0], p["trQ"][:0], p["trYs"][:0], p["trYq"][:0],
                       p["teS"], p["teQ"], p["teYs"])
     want = call(p, meta_time=0.0)
     np.testing.assert_allclose(got, want, atol=1e-10)
@@ -194,7 +199,7 @@ def test_test_tasks_are_independent():
     """Each test task's prediction does not depend on the other test tasks."""
     p = random_problem(seed=8)
     full = call(p)
-    one = mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"],
+    one = predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"],
                       p["teS"][1:2], p["teQ"][1:2], p["teYs"][1:2])
     np.testing.assert_allclose(one[0], full[1], atol=1e-10)
 
@@ -216,11 +221,11 @@ def test_nan_kernel_message():
     i, j = p["trQ"][0, 0], p["teS"][1, 2]
     K[i, j] = np.nan
     with pytest.raises(ValueError, match=r"kernel contains NaN/inf at .*\[%d, %d\]" % (i, j)):
-        mnk_predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+        predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
     K = p["K"].copy()
     K[i, i] = np.inf
     with pytest.raises(ValueError, match="kernel contains NaN/inf"):
-        mnk_predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+        predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
 
 
 def test_bad_index_messages():
@@ -228,20 +233,20 @@ def test_bad_index_messages():
     bad = p["teQ"].copy()
     bad[0, 0] = 60
     with pytest.raises(ValueError, match=r"test_query contains index 60 out of range for K with 60 rows"):
-        mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], bad, p["teYs"])
+        predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], bad, p["teYs"])
     bad[0, 0] = -1
     with pytest.raises(ValueError, match=r"test_query contains index -1 out of range"):
-        mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], bad, p["teYs"])
+        predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], bad, p["teYs"])
     with pytest.raises(ValueError, match=r"train_support must be an integer index array"):
-        mnk_predict(p["K"], p["trS"].astype(float), p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+        predict(p["K"], p["trS"].astype(float), p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
     with pytest.raises(ValueError, match=r"train_support has 4 tasks but train_query has 3"):
-        mnk_predict(p["K"], p["trS"], p["trQ"][:3], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+        predict(p["K"], p["trS"], p["trQ"][:3], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
     with pytest.raises(ValueError, match=r"train_query_y has shape \(4, 3, 2\), expected \(4, 4, 2\)"):
-        mnk_predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"][:, :3], p["teS"], p["teQ"], p["teYs"])
+        predict(p["K"], p["trS"], p["trQ"], p["trYs"], p["trYq"][:, :3], p["teS"], p["teQ"], p["teYs"])
     with pytest.raises(ValueError, match=r"train_support must be a 2-D index array"):
-        mnk_predict(p["K"], p["trS"].ravel(), p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+        predict(p["K"], p["trS"].ravel(), p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
     with pytest.raises(ValueError, match=r"K must be a square"):
-        mnk_predict(p["K"][:, :-1], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
+        predict(p["K"][:, :-1], p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"])
     with pytest.raises(ValueError, match=r"ridge\[1\] \(r2\) must be finite and >= 0"):
         call(p, ridge=(1e-5, -1.0))
     with pytest.raises(ValueError, match=r"inner_time must be >= 0"):
@@ -252,13 +257,42 @@ def test_not_positive_definite_message():
     p = random_problem(seed=12)
     K = -p["K"]  # negative definite: per-task Cholesky must fail, ridge suggested
     with pytest.raises(NotPositiveDefiniteError, match=r"not positive definite.*larger ridge r1"):
-        mnk_predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"],
+        predict(K, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"],
                     normalize_ntk=False)
-    # rank-1 kernel, no ridge: the MNK train block is singular
-    x = np.random.default_rng(0).uniform(1, 2, p["K"].shape[0])
+    # rank-3 kernel, no ridge: the MNK train block is singular
+    x = np.random.default_rng(0).standard_normal((p["K"].shape[0], 3))
     with pytest.raises((NotPositiveDefiniteError, ValueError), match=r"ridge"):
-        mnk_predict(np.outer(x, x), p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"],
+        predict(x @ x.T, p["trS"], p["trQ"], p["trYs"], p["trYq"], p["teS"], p["teQ"], p["teYs"],
                     ridge=(1e-3, 0.0), normalize_ntk=False, normalize_mnk=False)
+
+
+@pytest.mark.parametrize("kind", ["zero", "constant", "underflowed"])
+def test_degenerate_kernel_is_refused_with_the_number(kind):
+    """An all-zero kernel (normalised: the identity), a constant one, and one whose
+    normalised entries are all 1 up to rounding (a CNTK too deep) give chance-level
+    predictions silently; each is refused, for the MNK and for the per-task regression."""
+    p = random_problem(seed=18)
+    n = p["K"].shape[0]
+    K = {"zero": np.zeros((n, n)), "constant": np.full((n, n), 3.0),
+         "underflowed": 1.0 + 1e-12 * p["K"]}[kind]
+    with pytest.raises(DegenerateKernelError, match=r"degenerate base kernel: .*\d"):
+        call(dict(p, K=K))
+    with pytest.raises(DegenerateKernelError, match="degenerate base kernel"):
+        predict(K, p["trS"][:0], p["trQ"][:0], p["trYs"][:0], p["trYq"][:0], p["teS"], p["teQ"], p["teYs"])
+    call(dict(p, K=p["K"] + 3.0))  # a healthy kernel with a large constant offset still passes
+
+
+def test_options_are_validated_and_frozen():
+    with pytest.raises(ValueError, match=r"config section mnk: .*ridge\[0\] \(r1\)"):
+        MNKOptions.from_config({"inner_time": INF, "meta_time": INF, "r1": -1.0, "normalize_ntk": True,
+                                "normalize_mnk": True, "solver": "auto"}, r2=1.0)
+    with pytest.raises(ValueError, match="config section mnk: .*'solver'"):
+        MNKOptions.from_config({"inner_time": INF, "meta_time": INF, "r1": 1.0, "normalize_ntk": True,
+                                "normalize_mnk": True}, r2=1.0)
+    options = MNKOptions(ridge=(1, 2))
+    assert options.ridge == (1.0, 2.0) and options.replace(meta_time=0.0).meta_time == 0.0
+    with pytest.raises(Exception):
+        options.ridge = (0.0, 0.0)
 
 
 # --------------------------------------------------------------- classification
@@ -313,7 +347,7 @@ def test_classification_end_to_end_accuracy():
 
     trS, trQ, trys, tryq = make(10)
     teS, teQ, teys, teyq = make(5)
-    pred = mnk_predict(K, trS, trQ, one_hot(trys, way), one_hot(tryq, way), teS, teQ, one_hot(teys, way))
+    pred = predict(K, trS, trQ, one_hot(trys, way), one_hot(tryq, way), teS, teQ, one_hot(teys, way))
     acc = per_task_accuracy(predict_labels(pred), teyq)
     res = accuracy_ci(acc)
     assert res["accuracy"] == 1.0 and res["n_tasks"] == 5
@@ -385,7 +419,19 @@ def test_mnk_gram_matches_reference_blocks(inner_time, normalize_ntk, normalize_
     if normalize_mnk:
         e = np.sqrt(np.diag(Phi) + r2)
         Phi = (Phi + r2 * np.eye(len(Phi))) / np.outer(e, e)
-    got = mnk_gram(K, S, Q, inner_time=inner_time, ridge=(r1, r2), normalize_ntk=normalize_ntk,
-                   normalize_mnk=normalize_mnk)
+    got = mnk_gram(K, S, Q, MNKOptions(inner_time=inner_time, ridge=(r1, r2), normalize_ntk=normalize_ntk,
+                                       normalize_mnk=normalize_mnk))
     np.testing.assert_allclose(got, Phi, rtol=0, atol=1e-10)
     np.testing.assert_allclose(got, got.T, atol=1e-12)
+
+
+def test_normalized_kernel_block_is_step_one_in_the_given_order():
+    from mnk.meta import normalized_kernel_block
+
+    p = random_problem(seed=19)
+    images = np.array([7, 3, 3, 11])  # order kept, repeats allowed
+    r1 = 1e-2
+    K = p["K"][np.ix_(images, images)]
+    d = np.sqrt(np.diag(K) + r1)
+    want = (K + r1 * (images[:, None] == images[None, :])) / np.outer(d, d)
+    np.testing.assert_allclose(normalized_kernel_block(p["K"], images, MNKOptions(ridge=(r1, 0.0))), want, atol=1e-14)

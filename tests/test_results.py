@@ -5,10 +5,25 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from mnk.results import normalized, plot_accuracy, plot_cost, plot_kernel_heatmap, summarise
+from mnk.results import (
+    paired_differences,
+    per_task_table,
+    plot_accuracy,
+    plot_cost,
+    plot_kernel_heatmap,
+    plot_paired,
+    summarise,
+)
+
+N_TASKS = 8
+
+
+def _per_task(method, chars, seed):
+    """Per-task accuracies that differ between methods, seeds and tasks (multiples of 1/9)."""
+    rng = np.random.default_rng([sum(map(ord, method)), chars, seed])
+    return (rng.integers(0, 10, N_TASKS) / 9).tolist()
 
 
 def _metrics(tmp_path, method, chars, seed, accuracy):
@@ -17,7 +32,9 @@ def _metrics(tmp_path, method, chars, seed, accuracy):
     data = {"method": method, "experiment": f"5way1shot-{chars}char-seed{seed}", "way": 5, "shot": 1,
             "n_characters": chars, "n_train_tasks": chars // 5 * 3, "seed": seed, "accuracy": accuracy,
             "ci95_low": accuracy - 0.05, "ci95_high": accuracy + 0.05, "wall_seconds": 10.0 * chars,
-            "device": "cpu", "device_name": "cpu (x86_64, 2 cores)", "git_revision": "abc1234"}
+            "device": "cpu", "device_name": "cpu (x86_64, 2 cores)", "git_revision": "abc1234",
+            "per_task_accuracy": _per_task(method, chars, seed), "test_tasks_id": f"{chars:04d}{seed:08d}",
+            "n_test_tasks": N_TASKS}
     if method == "mnk":
         data.update(kernel={"type": "cntk", "depth": 10, "gap": False, "fix": False, "pad": 0, "standardize": False},
                     kernel_seconds=8.0 * chars)
@@ -27,9 +44,12 @@ def _metrics(tmp_path, method, chars, seed, accuracy):
 
 @pytest.fixture
 def summary(tmp_path):
-    paths = [_metrics(tmp_path, method, chars, seed, 0.5 + 0.01 * chars + 0.1 * (method == "mnk") + 0.01 * seed)
-             for method in ("mnk", "maml", "imaml") for chars in (5, 10, 20) for seed in (0, 1)]
-    return summarise(reversed(paths), config_hash="deadbeef0001")
+    return summarise(reversed(_paths(tmp_path)), config_hash="deadbeef0001")
+
+
+def _paths(tmp_path):
+    return [_metrics(tmp_path, method, chars, seed, 0.5 + 0.01 * chars + 0.1 * (method == "mnk") + 0.01 * seed)
+            for method in ("mnk", "maml", "imaml") for chars in (5, 10, 20) for seed in (0, 1)]
 
 
 def test_summary_has_one_row_per_method_experiment_seed(summary):
@@ -39,6 +59,7 @@ def test_summary_has_one_row_per_method_experiment_seed(summary):
     assert row.accuracy == pytest.approx(0.5 + 0.1 + 0.1 + 0.01)
     assert row.kernel == "cntk depth=10 gap=False fix=False pad=0 standardize=False"
     assert row.kernel_seconds == 80.0 and row.config_hash == "deadbeef0001" and row.git_revision == "abc1234"
+    assert row.test_tasks_id == "001000000001" and row.n_test_tasks == N_TASKS
     maml = summary[summary.method == "maml"]
     assert maml.kernel.eq("").all() and maml.kernel_seconds.isna().all()
     # Sorted: method, then n_characters, then seed.
@@ -53,24 +74,50 @@ def test_summary_rejects_incomplete_metrics(tmp_path):
         summarise([path])
 
 
+def test_paired_differences_equal_a_direct_computation(tmp_path):
+    """mean and 95% CI of MNK - baseline over the test tasks of both seeds, by hand."""
+    per_task, lacking = per_task_table(_paths(tmp_path))
+    assert not lacking and len(per_task) == 3 * 3 * 2 * N_TASKS
+    paired = paired_differences(per_task)
+    assert list(paired.columns) == ["method", "baseline", "way", "shot", "n_characters", "n_test_tasks",
+                                    "mean_difference", "ci95_low", "ci95_high"]
+    assert len(paired) == 2 * 3 and set(paired.baseline) == {"maml", "imaml"} and set(paired.method) == {"mnk"}
+    for row in paired.itertuples():
+        d = np.concatenate([np.subtract(_per_task("mnk", row.n_characters, seed),
+                                        _per_task(row.baseline, row.n_characters, seed)) for seed in (0, 1)])
+        half = 1.96 * np.sqrt(((d - d.mean()) ** 2).mean()) / np.sqrt(len(d))
+        assert row.n_test_tasks == 2 * N_TASKS
+        assert row.mean_difference == pytest.approx(d.mean(), abs=1e-12)
+        assert (row.ci95_low, row.ci95_high) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-12)
+
+
+def test_pairing_refuses_different_test_tasks(tmp_path):
+    paths = _paths(tmp_path)
+    path = next(p for p in paths if p.parent.name == "maml" and p.name == "10-1.json")
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "test_tasks_id": "ffffffffffff"}))
+    with pytest.raises(ValueError, match=r"cannot pair mnk and maml at 5-way 1-shot 10 characters seed 1"):
+        paired_differences(per_task_table(paths)[0])
+    path.write_text(json.dumps({**data, "per_task_accuracy": data["per_task_accuracy"][:-1]}))
+    with pytest.raises(ValueError, match="8 vs 7 tasks"):
+        paired_differences(per_task_table(paths)[0])
+    path.write_text(json.dumps({k: v for k, v in data.items() if k != "per_task_accuracy"}))
+    assert per_task_table(paths)[1] == [str(path)]
+
+
 def test_figures_are_written_and_non_empty(summary, tmp_path):
     from PIL import Image
 
-    plot_accuracy(summary, tmp_path / "a.png", tmp_path / "a.pdf")
+    per_task, _ = per_task_table(_paths(tmp_path / "m"))
+    plot_accuracy(summary, per_task, tmp_path / "a.png", tmp_path / "a.pdf")
+    plot_paired(paired_differences(per_task), tmp_path / "p.png", tmp_path / "p.pdf")
     plot_cost(summary, tmp_path / "c.png", tmp_path / "c.pdf")
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 5))
     gram = features @ features.T + np.eye(30)
-    plot_kernel_heatmap(normalized(gram), normalized(gram) ** 2, tmp_path / "h.png", tmp_path / "h.pdf",
-                        base_title="base", meta_title="meta")
-    for name in ("a", "c", "h"):
+    plot_kernel_heatmap(gram, gram**2, tmp_path / "h.png", tmp_path / "h.pdf", base_title="base", meta_title="meta")
+    for name in ("a", "p", "c", "h"):
         image = np.asarray(Image.open(tmp_path / f"{name}.png").convert("L"))
         assert image.shape[0] > 300 and image.shape[1] > 300
         assert image.std() > 10  # not a blank canvas
         assert (tmp_path / f"{name}.pdf").read_bytes().startswith(b"%PDF")
-
-
-def test_normalized_has_unit_diagonal():
-    gram = np.array([[4.0, 2.0], [2.0, 9.0]])
-    np.testing.assert_allclose(normalized(gram), [[1, 1 / 3], [1 / 3, 1]])
-    pd.testing.assert_series_equal(pd.Series(np.diag(normalized(gram))), pd.Series([1.0, 1.0]))

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnk.meta import mnk_predict
+from mnk.meta import MNKOptions, TaskSet, mnk_predict
 
 DIM = 4
 N_TRAIN, N_TEST, N_SUP, N_QRY = 3, 2, 2, 3
@@ -173,9 +173,10 @@ def test_wide_maml_converges_to_mnk(problem, one_thread):
     X, S, Q, Ys, Yq = problem
     K = analytic_ntk(X, X)
     tr, te = slice(0, N_TRAIN), slice(N_TRAIN, None)
-    kw = dict(ridge=(0.0, 0.0), normalize_ntk=False, normalize_mnk=False, inner_time=INNER_TIME)
-    mnk = mnk_predict(K, S[tr], Q[tr], Ys[tr], Yq[tr], S[te], Q[te], Ys[te], meta_time=META_TIME, **kw)
-    no_meta = mnk_predict(K, S[tr], Q[tr], Ys[tr], Yq[tr], S[te], Q[te], Ys[te], meta_time=0.0, **kw)
+    options = MNKOptions(ridge=(0.0, 0.0), normalize_ntk=False, normalize_mnk=False, inner_time=INNER_TIME)
+    train, test = TaskSet(S[tr], Q[tr], Ys[tr], Yq[tr]), TaskSet(S[te], Q[te], Ys[te])
+    mnk = mnk_predict(K, train, test, options.replace(meta_time=META_TIME))
+    no_meta = mnk_predict(K, train, test, options.replace(meta_time=0.0))
     scale = np.linalg.norm(mnk)
     # meta-training must matter, or the check would be vacuous
     meta_effect = np.linalg.norm(mnk - no_meta) / scale

@@ -96,8 +96,8 @@ def test_config_errors_name_the_key(tmp_path, edit, message):
 def test_tiny_run_produces_every_output(project):
     summary = (project / "results" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("method,experiment,way,shot,n_characters")
-    assert len(summary) == 1 + 3 * 2  # 3 methods x 2 experiments
-    for figure in ("accuracy", "cost", "kernel_heatmap"):
+    assert len(summary) == 1 + 5 * 2  # 5 methods (2 without meta-learning) x 2 experiments
+    for figure in ("accuracy", "paired", "cost", "kernel_heatmap"):
         assert (project / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
     metrics = json.loads((project / "results" / "mnk" / "5way1shot-10char-seed0" / "metrics.json").read_text())
     assert 0.2 < metrics["accuracy"] <= 1.0 and metrics["ci95_low"] <= metrics["accuracy"] <= metrics["ci95_high"]
@@ -135,6 +135,65 @@ def test_assembled_kernel_equals_one_shot_gram(project):
     assert len(tasks["val_support"]) == config["tasks"]["n_val_tasks"]
 
 
+def _saved_per_task(project, method, exp):
+    from mnk.io import load_npz
+
+    saved = load_npz(project / "results" / method / exp / "predictions.npz")
+    return (saved["labels"] == saved["query_labels"]).mean(axis=1)
+
+
+def test_summary_and_paired_equal_the_saved_predictions(project):
+    """The reported numbers, recomputed from each method's saved test labels."""
+    import pandas as pd
+
+    summary = pd.read_csv(project / "results" / "summary.csv")
+    paired = pd.read_csv(project / "results" / "paired.csv")
+    for exp, chars in (("5way1shot-5char-seed0", 5), ("5way1shot-10char-seed0", 10)):
+        per_task = {m: _saved_per_task(project, m, exp) for m in ("mnk", "kernel_regression", "prototypes")}
+        for method, accuracy in per_task.items():
+            row = summary[(summary.method == method) & (summary.experiment == exp)].iloc[0]
+            assert row.accuracy == pytest.approx(accuracy.mean(), abs=1e-12)
+            half = 1.96 * accuracy.std() / np.sqrt(len(accuracy))
+            assert row.ci95_high == pytest.approx(accuracy.mean() + half, abs=1e-12)
+        for baseline in ("kernel_regression", "prototypes"):
+            row = paired[(paired.baseline == baseline) & (paired.n_characters == chars)].iloc[0]
+            d = per_task["mnk"] - per_task[baseline]
+            assert row.method == "mnk" and row.n_test_tasks == len(d)
+            assert row.mean_difference == pytest.approx(d.mean(), abs=1e-12)
+            assert row.ci95_low == pytest.approx(d.mean() - 1.96 * d.std() / np.sqrt(len(d)), abs=1e-12)
+
+
+def test_kernel_regression_baseline_is_wired_to_the_kernel_and_r1(project):
+    """Its saved labels equal a per-task one-hot regression computed here from kernel.npz."""
+    from mnk.io import load_npz
+
+    config = yaml.safe_load((project / "config" / "config.yaml").read_text())
+    r1 = config["mnk"]["r1"]
+    exp = project / "results"
+    tasks = load_npz(exp / "tasks" / "5way1shot-10char-seed0" / "tasks.npz")
+    K = load_npz(exp / "kernels" / "5way1shot-10char-seed0" / "kernel.npz")["K"]
+    saved = load_npz(exp / "kernel_regression" / "5way1shot-10char-seed0" / "predictions.npz")
+    for s, q, y, got in zip(tasks["test_support"], tasks["test_query"], tasks["test_support_labels"], saved["labels"]):
+        ids = np.r_[s, q]
+        d = np.sqrt(np.diag(K)[ids] + r1)
+        Kn = (K[np.ix_(ids, ids)] + r1 * np.eye(len(ids))) / np.outer(d, d)
+        ns = len(s)
+        scores = Kn[ns:, :ns] @ np.linalg.solve(Kn[:ns, :ns] + r1 * np.eye(ns), np.eye(5)[y])
+        np.testing.assert_array_equal(got, scores.argmax(-1))
+
+
+def test_mnk_setting_is_chosen_on_validation_tasks_and_recorded(project):
+    config = yaml.safe_load((project / "config" / "config.yaml").read_text())
+    grid = config["mnk"]["grid"]
+    metrics = json.loads((project / "results" / "mnk" / "5way1shot-10char-seed0" / "metrics.json").read_text())
+    table = metrics["validation"]
+    assert len(table) == len(grid["r2"]) * len(grid["targets"]) * len(grid["decoder"]) > 1
+    best = max(table, key=lambda row: row["val_accuracy"])
+    assert metrics["selected"] == {k: best[k] for k in ("r2", "targets", "decoder")}
+    assert all(row["n_val_tasks"] == config["tasks"]["n_val_tasks"] for row in table)
+    assert len(metrics["per_task_accuracy"]) == metrics["n_test_tasks"] == config["tasks"]["n_test_tasks"]
+
+
 def test_nothing_left_to_do_after_a_run(project):
     assert planned_jobs(project) == []
 
@@ -158,7 +217,7 @@ def test_interrupted_kernel_stage_resumes_with_the_missing_block_only(project, t
         jobs = planned_jobs(project)
         assert [w for rule, w in jobs if rule == "kernel_block"] == [f"pool={pool}, block=task-0-0"]
         assert sorted(w for rule, w in jobs if rule == "assemble_kernel") == sorted(f"exp={e}" for e in experiments)
-        assert {rule for rule, _ in jobs} == {"kernel_block", "assemble_kernel", "solve_mnk", "aggregate", "figures", "all"}
+        assert {rule for rule, _ in jobs} == {"kernel_block", "assemble_kernel", "solve_mnk", "solve_baseline", "aggregate", "figures", "all"}
     finally:
         for path, aside in moved.items():
             aside.rename(path)

@@ -3,8 +3,8 @@
 The original MNK code replaces one-hot targets by "label encodings": a small CNN is
 pre-trained with supervision on the *training* characters only, and its penultimate
 features serve as regression targets (each class's target is its centroid within a
-task, see mnk.meta.class_centroid_targets; a test query is assigned to the nearest
-support-class centroid, mnk.meta.predict_labels).
+task, see mnk.targets.class_centroid_targets; a test query is assigned to the nearest
+support-class centroid, mnk.targets.decode).
 
 Architecture: 3 x [conv 3x3 (padding 1, ``width`` channels), BatchNorm, ReLU, max-pool
 2x2], global average pool -> ``width`` features (the encoding), linear classifier head.

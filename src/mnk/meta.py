@@ -69,25 +69,24 @@ Two solvers for the meta term (``solver=``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
 import torch
 
-from mnk.metrics import per_task_accuracy
-
 __all__ = [
+    "DegenerateKernelError",
+    "MNKOptions",
     "NotPositiveDefiniteError",
-    "mnk_predict",
+    "TaskSet",
+    "check_kernel_contrast",
     "mnk_gram",
     "mnk_memory_bytes",
-    "one_hot",
-    "class_centroids",
-    "class_centroid_targets",
-    "predict_labels",
-    "per_task_accuracy",
+    "mnk_predict",
+    "normalized_kernel_block",
 ]
 
 _CHUNK_BYTES = 256 * 2**20  # working memory per row chunk of the Phi assembly
@@ -266,170 +265,248 @@ def _normalized_subkernel(K, index_arrays, r1, normalize_ntk, dev):
     return Kn, U
 
 
-def _to_device(device):
-    if device is None:
-        return torch.device("cpu")
-    return torch.device(device)
+# ------------------------------------------------------------------------ options
+
+SOLVERS = ("auto", "dense", "lowrank")
+# A normalised base kernel whose within-task off-diagonal entries all lie within this of
+# each other (constant) or of its unit diagonal (no diagonal dominance) carries no
+# information: every prediction is the same and the accuracy is exactly chance.
+DEGENERATE_TOLERANCE = 1e-6
+
+
+class DegenerateKernelError(ValueError):
+    """The normalised base kernel is constant or has lost its diagonal dominance."""
+
+
+@dataclass(frozen=True)
+class MNKOptions:
+    """Options of the MNK solver; see the module docstring for where each one enters.
+
+    ``device``: torch device of the computation (None: CPU); float64 throughout.
+    ``solver``: "dense", "lowrank" (``meta_time = inf`` only) or "auto".
+    """
+
+    inner_time: float = math.inf
+    meta_time: float = math.inf
+    ridge: tuple[float, float] = (1e-5, 1e-5)
+    normalize_ntk: bool = True
+    normalize_mnk: bool = True
+    solver: str = "auto"
+    device: str | None = None
+
+    def __post_init__(self):
+        inner_time, meta_time = _check_times(self.inner_time, self.meta_time)
+        object.__setattr__(self, "inner_time", inner_time)
+        object.__setattr__(self, "meta_time", meta_time)
+        object.__setattr__(self, "ridge", _check_ridge(self.ridge))
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        if self.solver == "lowrank" and not math.isinf(meta_time):
+            raise ValueError("solver='lowrank' needs meta_time=inf (use solver='dense' for finite meta_time)")
+
+    @classmethod
+    def from_config(cls, section: dict, *, r2: float, device=None) -> "MNKOptions":
+        """From the config's ``mnk`` section (``r1`` and the solver keys) and a ridge r2."""
+        try:
+            return cls(inner_time=section["inner_time"], meta_time=section["meta_time"],
+                       ridge=(section["r1"], r2), normalize_ntk=section["normalize_ntk"],
+                       normalize_mnk=section["normalize_mnk"], solver=section["solver"], device=device)
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"config section mnk: {exc}") from None
+
+    def replace(self, **changes) -> "MNKOptions":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """Tasks as index arrays into K with their targets.
+
+    support (n_tasks, n_support) and query (n_tasks, n_query) integers; support_y
+    (n_tasks, n_support, c); query_y (n_tasks, n_query, c), needed for training tasks only.
+    """
+
+    support: np.ndarray
+    query: np.ndarray
+    support_y: np.ndarray
+    query_y: np.ndarray | None = None
+
+
+def _check_square(K) -> int:
+    shape = getattr(K, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"K must be a square (N, N) kernel matrix, got shape {shape}")
+    return int(shape[0])
+
+
+def _check_task_set(tasks: TaskSet, name: str, n_images: int, c=None, with_query_y=False):
+    S = _check_index(f"{name}_support", tasks.support, n_images)
+    Q = _check_index(f"{name}_query", tasks.query, n_images)
+    if S.shape[0] != Q.shape[0]:
+        raise ValueError(f"{name}_support has {S.shape[0]} tasks but {name}_query has {Q.shape[0]}")
+    ys = _check_targets(f"{name}_support_y", tasks.support_y, *S.shape, c)
+    yq = None
+    if with_query_y:
+        if tasks.query_y is None:
+            raise ValueError(f"{name} tasks need query targets (query_y)")
+        yq = _check_targets(f"{name}_query_y", tasks.query_y, *Q.shape, ys.shape[2])
+    return S, Q, ys, yq
+
+
+def check_kernel_contrast(Kn: torch.Tensor, groups) -> dict:
+    """Refuse a degenerate base kernel: constant, or without diagonal dominance.
+
+    Looks at the entries the solve always reads, those within each task (support and
+    query images), after unit-diagonal normalisation. Returns their spread and median
+    (off-diagonal) for the log; raises :class:`DegenerateKernelError` with the numbers.
+    """
+    offs = []
+    for g in groups:
+        if g.n == 0:
+            continue
+        idx = torch.cat([g.S, g.Q], dim=1)
+        block = Kn[idx[:, :, None], idx[:, None, :]]
+        diag = torch.diagonal(block, dim1=1, dim2=2)
+        if bool((diag <= 0).any()):
+            raise DegenerateKernelError(
+                f"degenerate base kernel: {int((diag <= 0).sum())} diagonal entries are <= 0 "
+                f"(largest {float(diag.max()):.3g}); an all-zero or underflowed kernel")
+        d = diag.rsqrt()
+        block = block * d[:, :, None] * d[:, None, :]
+        off = ~torch.eye(idx.shape[1], dtype=torch.bool, device=Kn.device)
+        offs.append(block[:, off].reshape(-1))
+    off = torch.cat(offs) if offs else torch.zeros(0, dtype=Kn.dtype)
+    if off.numel() == 0:
+        return {"spread": math.nan, "median": math.nan}
+    stats = {"spread": float(off.max() - off.min()), "median": float(off.median())}
+    where = f"over the {off.numel()} within-task off-diagonal entries of the normalised base kernel"
+    if stats["spread"] <= DEGENERATE_TOLERANCE:
+        raise DegenerateKernelError(
+            f"degenerate base kernel: constant {where} (all within {stats['spread']:.3g} of "
+            f"{stats['median']:.6g}); every prediction would be the same (an all-zero kernel, or a "
+            "kernel too deep for float64)")
+    if 1.0 - stats["median"] <= DEGENERATE_TOLERANCE:
+        raise DegenerateKernelError(
+            f"degenerate base kernel: it has lost its diagonal dominance, median entry 1 - "
+            f"{1.0 - stats['median']:.3g} {where}; all images look alike (a kernel too deep?)")
+    return stats
+
+
+def _mnk_scales(*diagonals, r2: float):
+    """(diag(Phi) + r2)^-1/2 for each diagonal given: the normalisation of step 4."""
+    shifted = [d + r2 for d in diagonals]
+    if any(bool((s <= 0).any()) for s in shifted):
+        raise ValueError(
+            "MNK diagonal + r2 must be > 0 to normalise (normalize_mnk=True): a task's "
+            f"query is (numerically) in the span of its support; use a larger ridge r2 (now {r2:g})"
+        )
+    return [s.rsqrt() for s in shifted]
+
+
+def _resolve_solver(options: MNKOptions, M: int, n_images: int) -> str:
+    if options.solver != "auto":
+        return options.solver
+    return "lowrank" if (math.isinf(options.meta_time) and M > 2 * n_images) else "dense"
 
 
 # ---------------------------------------------------------------------------- API
 
 
-def mnk_predict(
-    K,
-    train_support,
-    train_query,
-    train_support_y,
-    train_query_y,
-    test_support,
-    test_query,
-    test_support_y,
-    *,
-    inner_time: float = math.inf,
-    meta_time: float = math.inf,
-    ridge: Sequence[float] = (1e-5, 1e-5),
-    normalize_ntk: bool = True,
-    normalize_mnk: bool = True,
-    device=None,
-    solver: str = "auto",
-) -> np.ndarray:
+def mnk_predict(K, train: TaskSet, test: TaskSet, options: MNKOptions = MNKOptions()) -> np.ndarray:
     """MNK regression prediction of the test queries, shape (n_test_tasks, n_test_query, c).
 
     See the module docstring for the exact formulas and where ``ridge = (r1, r2)`` enters.
     ``K`` is the base kernel over all images (N x N, indexable with ``np.ix_``, e.g. an
-    ndarray or memmap); index arrays are (n_tasks, n_points) integers into K; targets are
-    (n_tasks, n_points, c). ``device``: torch device for the computation ("cpu",
-    "cuda"); float64 throughout. ``solver``: "dense" (forms Phi[train, train], M x M),
-    "lowrank" (meta_time=inf only; never forms an M x M matrix, works in the U x U image
-    space, see :func:`_lowrank_meta_term`) or "auto" (lowrank when meta_time=inf and
-    M > 2 U, U = number of distinct images used; dense otherwise). Raises ValueError for non-finite kernels and bad shapes
-    or indices, :class:`NotPositiveDefiniteError` when a Cholesky fails.
+    ndarray or memmap); ``train`` (with query targets) and ``test`` index it. With no
+    training task the prediction is the per-task kernel regression (``meta_time = 0``).
+    Raises ValueError for non-finite kernels and bad shapes or indices,
+    :class:`DegenerateKernelError` for a constant kernel, :class:`NotPositiveDefiniteError`
+    when a Cholesky fails.
     """
-    t_in, t_meta = _check_times(inner_time, meta_time)
-    r1, r2 = _check_ridge(ridge)
-    shape = getattr(K, "shape", None)
-    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"K must be a square (N, N) kernel matrix, got shape {shape}")
-    N = int(shape[0])
-
-    trS = _check_index("train_support", train_support, N)
-    trQ = _check_index("train_query", train_query, N)
-    teS = _check_index("test_support", test_support, N)
-    teQ = _check_index("test_query", test_query, N)
-    if trS.shape[0] != trQ.shape[0]:
-        raise ValueError(
-            f"train_support has {trS.shape[0]} tasks but train_query has {trQ.shape[0]}"
-        )
-    if teS.shape[0] != teQ.shape[0]:
-        raise ValueError(f"test_support has {teS.shape[0]} tasks but test_query has {teQ.shape[0]}")
+    o = options
+    N = _check_square(K)
+    teS, teQ, ys_te, _ = _check_task_set(test, "test", N)
     if teS.shape[0] == 0:
         raise ValueError("no test tasks (test_support has 0 rows)")
-    ysup_te = _check_targets("test_support_y", test_support_y, *teS.shape)
-    c = ysup_te.shape[2]
-    ysup_tr = _check_targets("train_support_y", train_support_y, *trS.shape, c)
-    yq_tr = _check_targets("train_query_y", train_query_y, *trQ.shape, c)
-
-    dev = _to_device(device)
-    dt = torch.float64
-
+    trS, trQ, ys_tr, yq_tr = _check_task_set(train, "train", N, ys_te.shape[2], with_query_y=True)
+    dev = torch.device(o.device or "cpu")
+    r1, r2 = o.ridge
     # gather the kernel over the distinct images used, once
-    Kn, U = _normalized_subkernel(K, [trS, trQ, teS, teQ], r1, normalize_ntk, dev)
+    Kn, U = _normalized_subkernel(K, [trS, trQ, teS, teQ], r1, o.normalize_ntk, dev)
     loc = lambda a: torch.as_tensor(np.searchsorted(U, a), device=dev)  # noqa: E731
+    T = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64, device=dev)  # noqa: E731  (copies)
+    tr, Kss_tr, Ksq_tr = _make_group(Kn, loc(trS), loc(trQ), T(ys_tr), o.inner_time, r1, "train task kernel")
+    te, Kss_te, Ksq_te = _make_group(Kn, loc(teS), loc(teQ), T(ys_te), o.inner_time, r1, "test task kernel")
+    check_kernel_contrast(Kn, [tr, te])
+    if tr.n == 0:
+        return te.f.cpu().numpy()
+    R = (T(yq_tr) - tr.f).reshape(tr.n, tr.nq, -1)
+    if _resolve_solver(o, tr.M, len(U)) == "lowrank":
+        pred = _lowrank_meta_term(Kn, tr, te, R, Kss_tr, Ksq_tr, Kss_te, Ksq_te, r2, o.normalize_mnk)
+    else:
+        del Kss_tr, Ksq_tr
+        pred = _dense_meta_term(Kn, tr, te, R, Kss_te, Ksq_te, o)
+    return (pred + te.f).cpu().numpy()
 
-    T = lambda a: torch.tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731  (copies)
-    train, Kss_tr, Ksq_tr = _make_group(Kn, loc(trS), loc(trQ), T(ysup_tr), t_in, r1, "train task kernel")
-    test, Kss_te, Ksq_te = _make_group(Kn, loc(teS), loc(teQ), T(ysup_te), t_in, r1, "test task kernel")
-    f_test = test.f
-    if train.n == 0:
-        return f_test.cpu().numpy()
 
-    if solver not in ("auto", "dense", "lowrank"):
-        raise ValueError(f"solver must be 'auto', 'dense' or 'lowrank', got {solver!r}")
-    if solver == "lowrank" and not math.isinf(t_meta):
-        raise ValueError("solver='lowrank' needs meta_time=inf (use solver='dense' for finite meta_time)")
-    if solver == "auto":
-        solver = "lowrank" if (math.isinf(t_meta) and train.M > 2 * len(U)) else "dense"
-    if solver == "lowrank":
-        R = (T(yq_tr) - train.f).reshape(train.n, train.nq, c)
-        pred = _lowrank_meta_term(Kn, train, test, R, Kss_tr, Ksq_tr, Kss_te, Ksq_te, r2, normalize_mnk)
-        return (pred + f_test).cpu().numpy()
-
-    # Phi blocks: train-train (dense, M x M), test-train, and the test diagonal
-    P = _phi_block(Kn, train, train)
-    Pet = _phi_block(Kn, test, train)
+def _dense_meta_term(Kn, tr: _Group, te: _Group, R, Kss_te, Ksq_te, o: MNKOptions) -> torch.Tensor:
+    """Phin[test, train] (Phin[train, train] + r2 I)^-1 (I - exp(-meta_time Phin)) R, dense."""
+    r2 = o.ridge[1]
+    P = _phi_block(Kn, tr, tr)
+    Pet = _phi_block(Kn, te, tr)
     if not (math.isfinite(float(P.sum())) and math.isfinite(float(Pet.sum()))):
         raise ValueError("MNK kernel Phi contains NaN/inf (check K's scale and the ridge r1)")
-    del Kss_tr, Ksq_tr
-    Pdiag_tr = torch.diagonal(P).clone()
-    if normalize_mnk:
-        Pdiag_te = _phi_diag(Kn, test, Kss_te, Ksq_te)
-        dtr = Pdiag_tr + r2
-        dte = Pdiag_te + r2
-        if bool((dtr <= 0).any()) or bool((dte <= 0).any()):
-            raise ValueError(
-                "MNK diagonal + r2 must be > 0 to normalise (normalize_mnk=True): a task's "
-                "query is (numerically) in the span of its support; use a larger ridge r2"
-            )
-        dtr, dte = dtr.rsqrt(), dte.rsqrt()
+    if o.normalize_mnk:
+        dtr, dte = _mnk_scales(torch.diagonal(P).clone(), _phi_diag(Kn, te, Kss_te, Ksq_te), r2=r2)
         P.mul_(dtr[:, None]).mul_(dtr[None, :])
         P.diagonal().fill_(1.0)
         Pet.mul_(dte[:, None]).mul_(dtr[None, :])
-    del Kn
-
-    R = (T(yq_tr) - train.f).reshape(train.M, c)
-    if math.isinf(t_meta):
+    c = R.shape[-1]
+    R = R.reshape(tr.M, c)
+    if math.isinf(o.meta_time):
         P.diagonal().add_(r2)
         alpha = _chol_solve_inplace(P, R, r2)
     else:
         lam, vec = torch.linalg.eigh(P)
         del P
-        alpha = vec @ (_eig_fun(lam, t_meta, r2)[:, None] * (vec.T @ R))
-    pred = Pet @ alpha
-    return (pred.reshape(test.n, test.nq, c) + f_test).cpu().numpy()
+        alpha = vec @ (_eig_fun(lam, o.meta_time, r2)[:, None] * (vec.T @ R))
+    return (Pet @ alpha).reshape(te.n, te.nq, c)
 
 
-def mnk_gram(
-    K,
-    support,
-    query,
-    *,
-    inner_time: float = math.inf,
-    ridge: Sequence[float] = (1e-5, 1e-5),
-    normalize_ntk: bool = True,
-    normalize_mnk: bool = True,
-    device=None,
-) -> np.ndarray:
+def mnk_gram(K, support, query, options: MNKOptions = MNKOptions()) -> np.ndarray:
     """The MNK Gram matrix Phin over the query positions of the given tasks.
 
     support (n_tasks, n_support), query (n_tasks, n_query) index K; returns the
     (n_tasks * n_query, n_tasks * n_query) matrix of steps 1-4 of the module docstring
     (task-major order: row ``i * n_query + q``), i.e. ``Phin`` with unit diagonal when
     ``normalize_mnk``, else ``Phi``. For inspection and figures; the solver never forms
-    the test-test blocks.
+    the test-test blocks. ``options.meta_time`` and ``options.solver`` play no part.
     """
-    t_in, _ = _check_times(inner_time, 0.0)
-    r1, r2 = _check_ridge(ridge)
-    shape = getattr(K, "shape", None)
-    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"K must be a square (N, N) kernel matrix, got shape {shape}")
-    S = _check_index("support", support, int(shape[0]))
-    Q = _check_index("query", query, int(shape[0]))
+    r1, r2 = options.ridge
+    n_images = _check_square(K)
+    S = _check_index("support", support, n_images)
+    Q = _check_index("query", query, n_images)
     if S.shape[0] != Q.shape[0]:
         raise ValueError(f"support has {S.shape[0]} tasks but query has {Q.shape[0]}")
-    dev = _to_device(device)
-    Kn, U = _normalized_subkernel(K, [S, Q], r1, normalize_ntk, dev)
+    dev = torch.device(options.device or "cpu")
+    Kn, U = _normalized_subkernel(K, [S, Q], r1, options.normalize_ntk, dev)
     loc = lambda a: torch.as_tensor(np.searchsorted(U, a), device=dev)  # noqa: E731
     zeros = torch.zeros(S.shape[0], S.shape[1], 1, dtype=Kn.dtype, device=dev)
-    g, _, _ = _make_group(Kn, loc(S), loc(Q), zeros, t_in, r1, "task kernel")
+    g, _, _ = _make_group(Kn, loc(S), loc(Q), zeros, options.inner_time, r1, "task kernel")
     P = _phi_block(Kn, g, g)
-    if normalize_mnk:
-        d = torch.diagonal(P) + r2
-        if bool((d <= 0).any()):
-            raise ValueError("MNK diagonal + r2 must be > 0 to normalise; use a larger ridge r2")
-        d = d.rsqrt()
+    if options.normalize_mnk:
+        (d,) = _mnk_scales(torch.diagonal(P), r2=r2)
         P.mul_(d[:, None]).mul_(d[None, :])
         P.diagonal().fill_(1.0)
     return P.cpu().numpy()
+
+
+def normalized_kernel_block(K, images, options: MNKOptions = MNKOptions()) -> np.ndarray:
+    """Step 1's normalised base kernel between the given images, in their order (figures)."""
+    idx = _check_index("images", np.asarray(images).reshape(1, -1), _check_square(K))
+    Kn, U = _normalized_subkernel(K, [idx], options.ridge[0], options.normalize_ntk, torch.device("cpu"))
+    loc = torch.as_tensor(np.searchsorted(U, idx.ravel()))
+    return Kn[loc][:, loc].numpy()
 
 
 def _lowrank_meta_term(Kn, tr: _Group, te: _Group, R, Kss_tr, Ksq_tr, Kss_te, Ksq_te, r2, normalize_mnk):
@@ -450,14 +527,8 @@ def _lowrank_meta_term(Kn, tr: _Group, te: _Group, R, Kss_tr, Ksq_tr, Kss_te, Ks
     dev, dt = Kn.device, Kn.dtype
     Uimg = Kn.shape[0]
     if normalize_mnk:
-        dtr = (_phi_diag(Kn, tr, Kss_tr, Ksq_tr) + r2).view(tr.n, tr.nq)
-        dte = (_phi_diag(Kn, te, Kss_te, Ksq_te) + r2).view(te.n, te.nq)
-        if bool((dtr <= 0).any()) or bool((dte <= 0).any()):
-            raise ValueError(
-                "MNK diagonal + r2 must be > 0 to normalise (normalize_mnk=True): a task's "
-                "query is (numerically) in the span of its support; use a larger ridge r2"
-            )
-        dtr, dte = dtr.rsqrt(), dte.rsqrt()
+        dtr, dte = _mnk_scales(_phi_diag(Kn, tr, Kss_tr, Ksq_tr).view(tr.n, tr.nq),
+                               _phi_diag(Kn, te, Kss_te, Ksq_te).view(te.n, te.nq), r2=r2)
         lam = r2 * dtr**2 + r2
     else:
         dtr = torch.ones(tr.n, tr.nq, dtype=dt, device=dev)
@@ -521,70 +592,3 @@ def mnk_memory_bytes(n_train_tasks: int, n_test_tasks: int, n_query: int, n_imag
     M = n_train_tasks * n_query
     Me = n_test_tasks * n_query
     return 8 * (M * M + Me * M + n_images * n_images) + _CHUNK_BYTES
-
-
-# ------------------------------------------------------------------ classification
-
-
-def one_hot(labels, way: int) -> np.ndarray:
-    """One-hot float64 targets: labels (...,) ints in [0, way) -> (..., way)."""
-    labels = np.asarray(labels)
-    if labels.size and (not np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.size and (labels.min() < 0 or labels.max() >= way):
-        raise ValueError(f"labels must lie in [0, {way}), got range [{labels.min()}, {labels.max()}]")
-    return np.eye(way, dtype=np.float64)[labels]
-
-
-def class_centroids(features, labels, way: int) -> np.ndarray:
-    """Per-task class centroids: features (n_tasks, n, d), labels (n_tasks, n) -> (n_tasks, way, d).
-
-    Raises ValueError if a class has no point in some task.
-    """
-    feats = np.asarray(features, dtype=np.float64)
-    labels = np.asarray(labels)
-    if feats.ndim != 3 or labels.shape != feats.shape[:2]:
-        raise ValueError(
-            f"features must be (n_tasks, n, d) and labels (n_tasks, n); got {feats.shape}, {labels.shape}"
-        )
-    oh = one_hot(labels, way)  # (t, n, way)
-    counts = oh.sum(axis=1)  # (t, way)
-    if (counts == 0).any():
-        t, k = np.argwhere(counts == 0)[0]
-        raise ValueError(f"class {k} has no point in task {t}: cannot form its centroid")
-    return np.einsum("tnk,tnd->tkd", oh, feats) / counts[:, :, None]
-
-
-def class_centroid_targets(features, labels, way: int) -> np.ndarray:
-    """Targets where each point's target is its class centroid within its task.
-
-    features (n_tasks, n, d) (e.g. label-encoder features of the task's images), labels
-    (n_tasks, n) -> (n_tasks, n, d). Pass the support (or support + query) points of a
-    task: the centroid is over the points given.
-    """
-    cent = class_centroids(features, labels, way)
-    labels = np.asarray(labels)
-    return np.take_along_axis(cent, labels[:, :, None], axis=1)
-
-
-def predict_labels(pred_query, centroids=None) -> np.ndarray:
-    """Assign each predicted query target to the nearest class centroid (Euclidean).
-
-    pred_query (n_tasks, q, d); centroids (n_tasks, way, d), or (way, d) shared by all
-    tasks. ``centroids=None`` means argmax over d, which is the nearest centroid for
-    one-hot targets (centroids = identity): |p - e_k|^2 = |p|^2 - 2 p_k + 1.
-    Returns int64 labels (n_tasks, q).
-    """
-    p = np.asarray(pred_query, dtype=np.float64)
-    if p.ndim != 3:
-        raise ValueError(f"pred_query must be (n_tasks, q, d), got shape {p.shape}")
-    if centroids is None:
-        return p.argmax(axis=-1)
-    cent = np.asarray(centroids, dtype=np.float64)
-    if cent.ndim == 2:
-        cent = np.broadcast_to(cent, (p.shape[0],) + cent.shape)
-    if cent.ndim != 3 or cent.shape[0] != p.shape[0] or cent.shape[2] != p.shape[2]:
-        raise ValueError(f"centroids shape {cent.shape} does not match pred_query shape {p.shape}")
-    # |p - c|^2 = |p|^2 - 2 p.c + |c|^2; |p|^2 does not change the argmin
-    score = 2.0 * np.einsum("tqd,tkd->tqk", p, cent) - (cent**2).sum(-1)[:, None, :]
-    return score.argmax(axis=-1)

@@ -10,31 +10,97 @@ import pandas as pd
 
 SUMMARY_COLUMNS = [
     "method", "experiment", "way", "shot", "n_characters", "n_train_tasks", "seed",
-    "accuracy", "ci95_low", "ci95_high", "wall_seconds", "kernel_seconds", "device",
-    "device_name", "kernel", "git_revision", "config_hash",
+    "accuracy", "ci95_low", "ci95_high", "n_test_tasks", "test_tasks_id", "selected", "wall_seconds",
+    "kernel_seconds", "device", "device_name", "kernel", "git_revision", "config_hash",
 ]
-METHOD_LABELS = {"mnk": "MNK", "maml": "MAML", "imaml": "iMAML"}
-METHOD_ORDER = ["MNK", "MAML", "iMAML"]
+PER_TASK_COLUMNS = ["method", "experiment", "way", "shot", "n_characters", "seed", "test_tasks_id", "task",
+                    "accuracy"]
+PAIRED_COLUMNS = ["method", "baseline", "way", "shot", "n_characters", "n_test_tasks", "mean_difference",
+                  "ci95_low", "ci95_high"]
+METHOD_LABELS = {"mnk": "MNK", "maml": "MAML", "imaml": "iMAML",
+                 "kernel_regression": "kernel regression (no meta)", "prototypes": "prototypes (no meta)"}
+METHOD_ORDER = [METHOD_LABELS[m] for m in ("mnk", "maml", "imaml", "kernel_regression", "prototypes")]
+METHOD_COLORS = {"mnk": "C0", "maml": "C1", "imaml": "C2", "kernel_regression": "C3", "prototypes": "C4"}
+REFERENCE = "mnk"
+
+
+def _read_metrics(path) -> dict:
+    metrics = json.loads(Path(path).read_text())
+    missing = [key for key in ("method", "accuracy", "ci95_low", "ci95_high", "n_characters", "seed")
+               if key not in metrics]
+    if missing:
+        raise ValueError(f"metrics file {path} lacks {missing}")
+    return metrics
 
 
 def summarise(metrics_paths, config_hash: str = "") -> pd.DataFrame:
     """One row per method x experiment x seed, from the metrics files."""
     rows = []
     for path in metrics_paths:
-        metrics = json.loads(Path(path).read_text())
-        missing = [key for key in ("method", "accuracy", "ci95_low", "ci95_high", "n_characters", "seed")
-                   if key not in metrics]
-        if missing:
-            raise ValueError(f"metrics file {path} lacks {missing}")
-        kernel = metrics.get("kernel")
+        metrics = _read_metrics(path)
+        kernel, selected = metrics.get("kernel"), metrics.get("selected")
         rows.append({
             **{key: metrics.get(key) for key in SUMMARY_COLUMNS},
+            "n_test_tasks": metrics.get("n_test_tasks", len(metrics.get("per_task_accuracy", [])) or None),
+            "test_tasks_id": metrics.get("test_tasks_id", ""),
+            "selected": " ".join(f"{k}={v}" for k, v in selected.items()) if selected else "",
             "kernel": _kernel_label(kernel) if kernel else "",
             "kernel_seconds": metrics.get("kernel_seconds", np.nan),
             "config_hash": config_hash,
         })
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return frame.sort_values(["method", "way", "shot", "n_characters", "seed"], ignore_index=True)
+
+
+def per_task_table(metrics_paths) -> tuple[pd.DataFrame, list[str]]:
+    """Long table of every test task's accuracy; and the metrics files without per-task accuracies."""
+    rows, lacking = [], []
+    for path in metrics_paths:
+        metrics = _read_metrics(path)
+        if "per_task_accuracy" not in metrics:
+            lacking.append(str(path))
+            continue
+        base = {key: metrics.get(key) for key in PER_TASK_COLUMNS[:6]}
+        for task, accuracy in enumerate(metrics["per_task_accuracy"]):
+            rows.append({**base, "test_tasks_id": metrics.get("test_tasks_id", ""), "task": task, "accuracy": accuracy})
+    frame = pd.DataFrame(rows, columns=PER_TASK_COLUMNS)
+    return frame.sort_values(["method", "way", "shot", "n_characters", "seed", "task"], ignore_index=True), lacking
+
+
+def _seed_differences(ref: pd.DataFrame, other: pd.DataFrame, what: str) -> np.ndarray:
+    ids = set(ref["test_tasks_id"]), set(other["test_tasks_id"])
+    if ids[0] != ids[1] or len(ref) != len(other):
+        raise ValueError(f"cannot pair {what}: test tasks differ (test_tasks_id {sorted(ids[0])} vs "
+                         f"{sorted(ids[1])}, {len(ref)} vs {len(other)} tasks)")
+    return ref.sort_values("task")["accuracy"].to_numpy() - other.sort_values("task")["accuracy"].to_numpy()
+
+
+def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    """Per-test-task differences reference - baseline, seeds pooled, mean and 95% CI.
+
+    Pairs only experiments present for both methods, and refuses (ValueError) a pair whose
+    test tasks differ (test_tasks_id or count). The interval is mnk.metrics.accuracy_ci's
+    normal interval over the pooled differences.
+    """
+    from mnk.metrics import accuracy_ci
+
+    rows = []
+    for (way, shot, chars), group in per_task.groupby(["way", "shot", "n_characters"], sort=True):
+        ref = group[group["method"] == reference]
+        for baseline in sorted(set(group["method"]) - {reference}):
+            other = group[group["method"] == baseline]
+            seeds = sorted(set(ref["seed"]) & set(other["seed"]))
+            if not seeds:
+                continue
+            diffs = np.concatenate([
+                _seed_differences(ref[ref["seed"] == seed], other[other["seed"] == seed],
+                                  f"{reference} and {baseline} at {way}-way {shot}-shot {chars} characters seed {seed}")
+                for seed in seeds])
+            ci = accuracy_ci(diffs)
+            rows.append({"method": reference, "baseline": baseline, "way": way, "shot": shot, "n_characters": chars,
+                         "n_test_tasks": ci["n_tasks"], "mean_difference": ci["accuracy"],
+                         "ci95_low": ci["ci95_low"], "ci95_high": ci["ci95_high"]})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
 def _kernel_label(kernel: dict) -> str:
@@ -61,46 +127,163 @@ def _save(fig, png, pdf):
     fig.savefig(pdf, bbox_inches="tight")
 
 
-def plot_accuracy(summary: pd.DataFrame, png, pdf) -> None:
-    """Test accuracy against training characters, mean and 95% interval over seeds."""
-    sns = _style()
+def _settings(frame: pd.DataFrame) -> list[tuple[int, int]]:
+    return sorted({(int(w), int(k)) for w, k in zip(frame["way"], frame["shot"])})
+
+
+def _methods(frame: pd.DataFrame, column: str = "method") -> list[str]:
+    present = set(frame[column])
+    return [m for m in METHOD_LABELS if m in present] + sorted(present - set(METHOD_LABELS))
+
+
+def _dodge(i: int, n: int, x: np.ndarray) -> np.ndarray:
+    """Small multiplicative offsets so that methods at one x do not hide each other (log x)."""
+    return x * 1.025 ** (i - (n - 1) / 2)
+
+
+def _color(method: str, i: int) -> str:
+    return METHOD_COLORS.get(method, f"C{5 + i}")
+
+
+def _percent_axis(ax) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}%"))
+
+
+def _characters_axis(ax, characters) -> None:
+    ax.set_xscale("log")
+    ax.set_xticks(characters)
+    ax.set_xticklabels([str(c) for c in characters])
+    ax.minorticks_off()
+
+
+def plot_accuracy(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> None:
+    """Test accuracy against training characters, per (way, shot).
+
+    Per method: the mean over all test tasks of all seeds with its per-task 95% interval
+    (mnk.metrics.accuracy_ci over the pooled tasks), and one small point per seed (that
+    seed's mean); a dashed line at chance (1 / way). Methods without per-task
+    accuracies get their seed points only.
+    """
+    _style()
     import matplotlib.pyplot as plt
 
-    data = summary.assign(Method=summary["method"].map(METHOD_LABELS),
-                          setting=summary["way"].astype(str) + "-way " + summary["shot"].astype(str) + "-shot")
-    grid = sns.relplot(data=data, x="n_characters", y="accuracy", hue="Method", style="Method",
-                       hue_order=[m for m in METHOD_ORDER if m in set(data["Method"])],
-                       col="setting", kind="line", markers=True, dashes=False, errorbar=("ci", 95),
-                       height=4.2, aspect=1.25, facet_kws={"sharey": False})
-    tasks = data.groupby("n_characters")["n_train_tasks"].first()
-    for ax in grid.axes.flat:
-        ax.set_xticks(tasks.index)
-        ax.set_xticklabels([f"{c}\n({t})" for c, t in tasks.items()])
-    grid.set_axis_labels("training characters (training tasks)", "test accuracy")
-    grid.figure.suptitle("Omniglot few-shot test accuracy (mean, 95% CI over seeds)", y=1.04)
-    _save(grid.figure, png, pdf)
-    plt.close(grid.figure)
+    from mnk.metrics import accuracy_ci
+
+    settings = _settings(summary)
+    fig, axes = plt.subplots(1, len(settings), figsize=(7.5 * len(settings), 5.0), squeeze=False)
+    methods = _methods(summary)
+    for ax, (way, shot) in zip(axes[0], settings):
+        rows = summary[(summary["way"] == way) & (summary["shot"] == shot)]
+        tasks = per_task[(per_task["way"] == way) & (per_task["shot"] == shot)]
+        characters = sorted(rows["n_characters"].unique())
+        for i, method in enumerate(methods):
+            color = _color(method, i)
+            seeds = rows[rows["method"] == method]
+            ax.scatter(_dodge(i, len(methods), seeds["n_characters"].to_numpy(float)), seeds["accuracy"],
+                       s=14, color=color, alpha=0.55, linewidths=0)
+            pooled = tasks[tasks["method"] == method].groupby("n_characters")["accuracy"]
+            if len(pooled):
+                cis = {c: accuracy_ci(a.to_numpy()) for c, a in pooled}
+                x = np.array(sorted(cis), dtype=float)
+                mean = np.array([cis[c]["accuracy"] for c in sorted(cis)])
+                err = np.array([[m - cis[c]["ci95_low"], cis[c]["ci95_high"] - m] for c, m in zip(sorted(cis), mean)]).T
+                n = sorted({cis[c]["n_tasks"] for c in cis})
+                ax.errorbar(_dodge(i, len(methods), x), mean, yerr=err, color=color, marker="o", capsize=3,
+                            label=f"{METHOD_LABELS.get(method, method)} (CI over {'/'.join(map(str, n))} tasks)")
+            else:
+                label = f"{METHOD_LABELS.get(method, method)} (seed means only)"
+                means = seeds.groupby("n_characters")["accuracy"].mean()
+                ax.errorbar(_dodge(i, len(methods), means.index.to_numpy(float)), means.to_numpy(), color=color,
+                            ls=":", label=label)
+        ax.axhline(1.0 / way, color="0.3", ls="--", lw=1)
+        ax.annotate(f"chance ({100 / way:.0f}%)", (0.01, 1.0 / way), xycoords=("axes fraction", "data"),
+                    va="bottom", fontsize=9, color="0.3")
+        _characters_axis(ax, characters)
+        _percent_axis(ax)
+        ax.set(xlabel="training characters", ylabel="test accuracy", title=f"{way}-way {shot}-shot")
+    _ordered_legend(axes[0][-1])
+    fig.suptitle("Omniglot test accuracy: mean over test tasks (all seeds), per-task 95% CI; dots: seeds",
+                 y=1.02)
+    _save(fig, png, pdf)
+    plt.close(fig)
+
+
+def plot_paired(paired: pd.DataFrame, png, pdf) -> None:
+    """Paired per-test-task difference MNK - baseline with its 95% CI, and the zero line."""
+    _style()
+    import matplotlib.pyplot as plt
+
+    settings = _settings(paired) if len(paired) else [(0, 0)]
+    fig, axes = plt.subplots(1, len(settings), figsize=(7.5 * len(settings), 5.0), squeeze=False)
+    baselines = _methods(paired, "baseline") if len(paired) else []
+    for ax, (way, shot) in zip(axes[0], settings):
+        rows = paired[(paired["way"] == way) & (paired["shot"] == shot)]
+        for i, baseline in enumerate(baselines):
+            r = rows[rows["baseline"] == baseline].sort_values("n_characters")
+            if r.empty:
+                continue
+            mean = r["mean_difference"].to_numpy()
+            err = np.vstack([mean - r["ci95_low"].to_numpy(), r["ci95_high"].to_numpy() - mean])
+            n = "/".join(map(str, sorted(set(r["n_test_tasks"]))))
+            ax.errorbar(_dodge(i, len(baselines), r["n_characters"].to_numpy(float)), mean, yerr=err,
+                        color=_color(baseline, i), marker="o", capsize=3,
+                        label=f"MNK - {METHOD_LABELS.get(baseline, baseline)} ({n} tasks)")
+        ax.axhline(0.0, color="black", lw=1)
+        if len(rows):
+            _characters_axis(ax, sorted(rows["n_characters"].unique()))
+        ax.yaxis.set_major_formatter(__import__("matplotlib.ticker").ticker.FuncFormatter(
+            lambda v, _: f"{100 * v:+.0f} pp"))
+        ax.set(xlabel="training characters", ylabel="MNK accuracy minus baseline",
+               title=f"{way}-way {shot}-shot" if way else "no pairs")
+    if baselines:
+        _ordered_legend(axes[0][-1])
+    fig.suptitle("Paired differences on the same test tasks (seeds pooled), 95% CI; above 0: MNK better",
+                 y=1.02)
+    _save(fig, png, pdf)
+    plt.close(fig)
+
+
+def _ordered_legend(ax) -> None:
+    """Legend outside the axes (every entry is an errorbar container: plotting order kept)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+
+
+def _log_axis(axis, values=None) -> None:
+    """Log axis with labelled ticks: the data's own values if given and within a decade, else 1-2-5."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
+
+    values = np.asarray(sorted(set(np.round(values, 12))) if values is not None else [], dtype=float)
+    values = values[values > 0]
+    if len(values) and values.max() / values.min() < 10:
+        axis.set_major_locator(FixedLocator(values))
+    else:
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def plot_cost(summary: pd.DataFrame, png, pdf) -> None:
-    """Wall time of each method, and of MNK's kernel stage, against training tasks."""
-    sns = _style()
+    """Wall time of each method, and of MNK's kernel stage, against training tasks (log-log)."""
+    _style()
     import matplotlib.pyplot as plt
 
-    data = summary.assign(Method=summary["method"].map(METHOD_LABELS))
-    kernel = data[data["method"] == "mnk"].assign(Method="MNK kernel stage", wall_seconds=lambda d: d["kernel_seconds"])
-    data = pd.concat([data, kernel], ignore_index=True)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    order = [m for m in METHOD_ORDER + ["MNK kernel stage"] if m in set(data["Method"])]
-    sns.lineplot(data=data, x="n_train_tasks", y="wall_seconds", hue="Method", style="Method",
-                 hue_order=order, style_order=order, markers=True, dashes=False, errorbar=("ci", 95), ax=ax)
-    ax.set(xscale="log", yscale="log", xlabel="training tasks", ylabel="wall time (s)",
-           title="Compute cost per experiment")
-    from matplotlib.ticker import FormatStrFormatter
-
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_formatter(FormatStrFormatter("%g"))
-        axis.set_minor_formatter(FormatStrFormatter(""))
+    curves = [(m, summary[summary["method"] == m], "wall_seconds", "-") for m in _methods(summary)]
+    curves.append(("MNK kernel stage", summary[summary["method"] == "mnk"], "kernel_seconds", "--"))
+    for i, (method, rows, column, style) in enumerate(curves):
+        mean = rows.groupby("n_train_tasks")[column].mean().dropna()
+        if mean.empty:
+            continue
+        color = "black" if style == "--" else _color(method, i)
+        ax.plot(mean.index, mean.to_numpy(), style, marker="o", ms=4, color=color,
+                label=METHOD_LABELS.get(method, method))
+    ax.set(xscale="log", yscale="log", xlabel="training tasks", ylabel="wall time per experiment (s)",
+           title="Compute cost per experiment (mean over seeds)")
+    _log_axis(ax.xaxis, summary["n_train_tasks"].to_numpy(float))
+    _log_axis(ax.yaxis)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     _save(fig, png, pdf)
     plt.close(fig)
 
@@ -117,8 +300,3 @@ def plot_kernel_heatmap(base: np.ndarray, meta: np.ndarray, png, pdf, *, base_ti
         ax.set_title(title)
     _save(fig, png, pdf)
     plt.close(fig)
-
-
-def normalized(K: np.ndarray) -> np.ndarray:
-    d = np.sqrt(np.clip(np.diag(K), 1e-300, None))
-    return K / d[:, None] / d[None, :]

@@ -17,7 +17,9 @@ ARCHIVES = ["images_background", "images_evaluation"]
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
 # The image pools and their kernel blocks, planned once (also checks the task settings).
 POOLS = plan.pools(config)
-METHODS = ["mnk"] + [m for m in ("maml", "imaml") if config[m]["enabled"]]
+# Baselines without meta-learning: always run (they reuse the kernel and the encoder).
+BASELINES = ["kernel_regression", "prototypes"]
+METHODS = ["mnk", *BASELINES] + [m for m in ("maml", "imaml") if config[m]["enabled"]]
 
 
 wildcard_constraints:
@@ -111,9 +113,19 @@ def package_sources(*modules):
 
 
 def encoder_input(wildcards):
-    if config["mnk"]["targets"] == "encoder":
+    if "encoder" in config["mnk"]["grid"]["targets"]:
         return f"results/encoder/{wildcards.exp}/encoder.pt"
     return []
+
+
+def baseline_inputs(wildcards):
+    """kernel_regression reads the kernel; prototypes the encoder and the images."""
+    if wildcards.method == "kernel_regression":
+        return {"kernel": f"results/kernels/{wildcards.exp}/kernel.npz"}
+    return {
+        "encoder": f"results/encoder/{wildcards.exp}/encoder.pt",
+        "images": f"results/tasks/{wildcards.exp}/images.npz",
+    }
 
 
 def metrics_files():
@@ -125,7 +137,10 @@ def metrics_files():
 def final_outputs():
     return [
         "results/summary.csv",
+        "results/per_task.csv",
+        "results/paired.csv",
         "results/figures/accuracy.png",
+        "results/figures/paired.png",
         "results/figures/cost.png",
         "results/figures/kernel_heatmap.png",
     ]
@@ -168,10 +183,6 @@ def kernel_matrix_mem_mb(exp, attempt=1):
 
 def experiment_mem_mb(wildcards, attempt):
     return kernel_matrix_mem_mb(wildcards.exp, attempt)
-
-
-def figures_mem_mb(wildcards, attempt):
-    return kernel_matrix_mem_mb(experiment_ids()[-1], attempt)
 
 
 def gpu_when(device):

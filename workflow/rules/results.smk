@@ -6,9 +6,15 @@ rule aggregate:
         metrics=metrics_files(),
         lib=package_sources("results"),
     output:
-        report(
+        summary=report(
             "results/summary.csv",
             caption="../report/summary.rst",
+            category="Summary",
+        ),
+        per_task="results/per_task.csv",
+        paired=report(
+            "results/paired.csv",
+            caption="../report/paired_table.rst",
             category="Summary",
         ),
     log:
@@ -24,9 +30,10 @@ rule aggregate:
 rule figures:
     input:
         summary="results/summary.csv",
-        kernel=f"results/kernels/{experiment_ids()[-1]}/kernel.npz",
-        tasks=f"results/tasks/{experiment_ids()[-1]}/tasks.npz",
-        lib=package_sources("results", "meta"),
+        per_task="results/per_task.csv",
+        paired="results/paired.csv",
+        heatmap=f"results/mnk/{experiment_ids()[-1]}/heatmap.npz",
+        lib=package_sources("results"),
     output:
         accuracy=report(
             "results/figures/accuracy.png",
@@ -34,6 +41,12 @@ rule figures:
             category="Figures",
         ),
         accuracy_pdf="results/figures/accuracy.pdf",
+        paired=report(
+            "results/figures/paired.png",
+            caption="../report/paired.rst",
+            category="Figures",
+        ),
+        paired_pdf="results/figures/paired.pdf",
         cost=report(
             "results/figures/cost.png",
             caption="../report/cost.rst",
@@ -50,9 +63,5 @@ rule figures:
         "logs/figures.log",
     conda:
         "../../envs/results.yaml"
-    resources:
-        mem_mb=figures_mem_mb,
-    params:
-        mnk=canonical(config["mnk"]),
     script:
         "../../scripts/figures.py"

@@ -1,0 +1,53 @@
+"""Rule solve_baseline: the baselines without meta-learning on the experiment's test tasks.
+
+kernel_regression: per-task base-kernel regression on the support set, one-hot targets
+(the MNK's meta_time: 0 limit). prototypes: nearest class mean in the label encoder's
+feature space.
+"""
+
+import time
+
+import torch
+
+from mnk.io import load_npz, save_json, save_npz
+from mnk.meta import MNKOptions
+from mnk.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.study import kernel_regression_labels, method_metrics, prototype_labels, require_computed
+
+with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
+    torch.set_num_threads(snakemake.threads)
+    start = time.perf_counter()
+    method = snakemake.wildcards.method
+    device = resolve_device(snakemake.params.device)
+    tasks = load_npz(snakemake.input.tasks)
+    extra = {}
+    if method == "kernel_regression":
+        cfg = snakemake.params.mnk
+        options = MNKOptions.from_config(cfg, r2=0.0, device=device)
+        kernel = load_npz(snakemake.input.kernel)
+        require_computed(kernel["computed"], tasks, ["test"], with_train=False, what=snakemake.input.kernel)
+        prediction, labels = kernel_regression_labels(kernel["K"], tasks, "test", options)
+        extra = {"options": {"r1": cfg["r1"], "inner_time": cfg["inner_time"], "normalize_ntk": cfg["normalize_ntk"]},
+                 "kernel": snakemake.params.kernel, "kernel_seconds": float(kernel["block_seconds"].sum())}
+    else:
+        from mnk.encoder import encode, load_encoder
+
+        images = load_npz(snakemake.input.images)["images"]
+        features = encode(load_encoder(snakemake.input.encoder, device), images, device)
+        prediction, labels = prototype_labels(features, tasks, "test")
+        extra = {"options": {"encoder": snakemake.params.encoder}}
+    metrics = {
+        **method_metrics(method, labels, tasks),
+        "experiment": snakemake.wildcards.exp,
+        **snakemake.params.experiment,
+        **extra,
+        "solve_seconds": time.perf_counter() - start,
+        "device": device,
+        "device_name": device_name(device),
+        "git_revision": git_revision(),
+    }
+    metrics["wall_seconds"] = metrics.get("kernel_seconds", 0.0) + metrics["solve_seconds"]
+    log.info("test accuracy %.4f [%.4f, %.4f]", metrics["accuracy"], metrics["ci95_low"], metrics["ci95_high"])
+    save_npz(snakemake.output.predictions, prediction=prediction, labels=labels,
+             query_labels=tasks["test_query_labels"], per_task_accuracy=metrics["per_task_accuracy"])
+    save_json(snakemake.output.metrics, metrics)

@@ -1,0 +1,183 @@
+"""One experiment's MNK solve and its baselines without meta-learning.
+
+* :func:`select_setting`: MNK's ridge r2, target type and decoder chosen from the config's
+  grid (``mnk.grid``) by accuracy on the experiment's validation tasks. It is given the
+  tasks file without its test arrays, so no test label can reach the choice.
+* :func:`mnk_labels`: the MNK's labels for an evaluation task set under one setting.
+* :func:`kernel_regression_labels`: per-task kernel regression on the support set with
+  one-hot targets, the MNK without meta-training (``meta_time: 0``).
+* :func:`prototype_labels`: nearest class mean in the label encoder's feature space.
+
+All return per-query labels; :func:`method_metrics` turns them into the fields every
+method's ``metrics.json`` shares.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from mnk.meta import MNKOptions, TaskSet, mnk_gram, mnk_predict, normalized_kernel_block
+from mnk.metrics import accuracy_ci, per_task_accuracy
+from mnk.targets import DECODERS, TARGETS, decode, predict_labels, task_targets
+
+__all__ = [
+    "Setting", "grid_settings", "select_setting", "mnk_labels", "kernel_regression_labels",
+    "prototype_labels", "require_computed", "test_tasks_id", "method_metrics", "heatmap_matrices",
+    "without_test_tasks",
+]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the MNK's selection grid."""
+
+    r2: float
+    targets: str
+    decoder: str
+
+
+def grid_settings(section: dict) -> list[Setting]:
+    """The settings of the config's ``mnk.grid`` in declared order (r2, then targets, then decoder)."""
+    grid = section.get("grid")
+    if not isinstance(grid, dict):
+        raise ValueError("config mnk.grid must map r2, targets and decoder to lists of candidates")
+    allowed = {"r2": None, "targets": TARGETS, "decoder": DECODERS}
+    for key, choices in allowed.items():
+        values = grid.get(key)
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"config mnk.grid.{key} must be a non-empty list, got {values!r}")
+        if choices is not None and not set(values) <= set(choices):
+            raise ValueError(f"config mnk.grid.{key}: {sorted(set(values) - set(choices))} not in {choices}")
+    for r2 in grid["r2"]:
+        if not (isinstance(r2, (int, float)) and math.isfinite(r2) and r2 >= 0):
+            raise ValueError(f"config mnk.grid.r2 values must be finite and >= 0, got {r2!r}")
+    if set(grid) - set(allowed):
+        raise ValueError(f"config mnk.grid: unknown keys {sorted(set(grid) - set(allowed))}")
+    return [Setting(float(r2), t, d) for r2, t, d in itertools.product(grid["r2"], grid["targets"], grid["decoder"])]
+
+
+def without_test_tasks(tasks: dict) -> dict:
+    """The tasks file minus every test array: what model selection may see."""
+    return {key: value for key, value in tasks.items() if not key.startswith("test_")}
+
+
+def test_tasks_id(tasks: dict) -> str:
+    """The tasks file's short hash of its test tasks ("" for files written before it existed)."""
+    return str(tasks["test_tasks_id"]) if "test_tasks_id" in tasks else ""
+
+
+def _predict(K, tasks, name, features, r2, options: MNKOptions):
+    train_y, train_qy, _ = task_targets(tasks, "train", features, with_query=True)
+    eval_y, _, encodings = task_targets(tasks, name, features, with_query=False)
+    train = TaskSet(tasks["train_support"], tasks["train_query"], train_y, train_qy)
+    evaluation = TaskSet(tasks[f"{name}_support"], tasks[f"{name}_query"], eval_y)
+    prediction = mnk_predict(K, train, evaluation, options.replace(ridge=(options.ridge[0], r2)))
+    return prediction, encodings
+
+
+def mnk_labels(K, tasks, name, features, setting: Setting, options: MNKOptions):
+    """(prediction, labels) of the MNK for task set ``name`` ("val" or "test") under ``setting``.
+
+    ``features``: label-encoder features of the local images (needed for encoder targets).
+    """
+    prediction, encodings = _predict(K, tasks, name, _features_for(setting.targets, features), setting.r2, options)
+    return prediction, decode(prediction, encodings, setting.decoder)
+
+
+def _features_for(targets: str, features):
+    if targets == "onehot":
+        return None
+    if features is None:
+        raise ValueError("encoder targets need the label encoder's features")
+    return features
+
+
+def select_setting(K, tasks, features, settings: list[Setting], options: MNKOptions):
+    """The setting of highest validation accuracy (ties: the first declared) and the table.
+
+    ``tasks`` is stripped of its test arrays first. One solve per (r2, targets); the
+    decoders share it. A grid of one needs no validation tasks (its table is empty then).
+    """
+    tasks = without_test_tasks(tasks)
+    n_val = len(tasks.get("val_support", ()))
+    if n_val == 0:
+        if len(settings) > 1:
+            raise ValueError(f"mnk.grid has {len(settings)} settings but there are no validation tasks "
+                             "(tasks.n_val_tasks: 0): selection needs them")
+        return settings[0], []
+    table, solved = [], {}
+    for setting in settings:
+        key = (setting.r2, setting.targets)
+        if key not in solved:
+            solved[key] = _predict(K, tasks, "val", _features_for(setting.targets, features), setting.r2, options)
+        prediction, encodings = solved[key]
+        labels = decode(prediction, encodings, setting.decoder)
+        ci = accuracy_ci(per_task_accuracy(labels, tasks["val_query_labels"]))
+        table.append({**asdict(setting), "val_accuracy": ci["accuracy"], "val_ci95_low": ci["ci95_low"],
+                      "val_ci95_high": ci["ci95_high"], "n_val_tasks": ci["n_tasks"]})
+    best = max(range(len(settings)), key=lambda i: (table[i]["val_accuracy"], -i))
+    return settings[best], table
+
+
+def kernel_regression_labels(K, tasks, name, options: MNKOptions):
+    """Per-task kernel regression with one-hot targets: the MNK with no training task."""
+    way = int(tasks["way"])
+    support_y, _, _ = task_targets(tasks, name, None, with_query=False)
+    n_s, n_q = tasks[f"{name}_support"].shape[1], tasks[f"{name}_query"].shape[1]
+    empty = TaskSet(np.zeros((0, n_s), np.int64), np.zeros((0, n_q), np.int64),
+                    np.zeros((0, n_s, way)), np.zeros((0, n_q, way)))
+    evaluation = TaskSet(tasks[f"{name}_support"], tasks[f"{name}_query"], support_y)
+    prediction = mnk_predict(K, empty, evaluation, options)
+    return prediction, prediction.argmax(axis=-1)
+
+
+def prototype_labels(features, tasks, name):
+    """Nearest class mean (Euclidean) of each query's feature among the support's classes."""
+    _, _, centroids = task_targets(tasks, name, features, with_query=False)
+    query_features = np.asarray(features, dtype=np.float64)[tasks[f"{name}_query"]]
+    return query_features, predict_labels(query_features, centroids)
+
+
+def require_computed(computed, tasks, names, *, with_train: bool, what: str = "kernel") -> None:
+    """Refuse a solve that would read kernel entries that were never computed.
+
+    The solve reads: training images x training images (``with_train``), each evaluation
+    task's images x the training images, and each task's own images.
+    """
+    computed = np.asarray(computed, dtype=bool)
+    train = np.unique(np.concatenate([tasks["train_support"], tasks["train_query"]], axis=1)) if with_train else None
+    missing = 0
+    example = None
+    for name in (["train"] if with_train else []) + list(names):
+        for task in np.concatenate([tasks[f"{name}_support"], tasks[f"{name}_query"]], axis=1):
+            cols = np.union1d(task, train) if with_train else task
+            block = computed[np.ix_(task, cols)]
+            if not block.all():
+                missing += int((~block).sum())
+                r, c = np.argwhere(~block)[0]
+                example = example or (name, int(task[r]), int(cols[c]))
+    if missing:
+        name, i, j = example
+        raise ValueError(f"{what}: {missing} entries the solve needs were never computed (e.g. [{i}, {j}] "
+                         f"for the {name} tasks); rebuild the kernel (snakemake --forcerun assemble_kernel)")
+
+
+def method_metrics(method: str, labels, tasks) -> dict:
+    """Fields shared by every method's metrics.json, from its test-query labels."""
+    accuracy = per_task_accuracy(labels, tasks["test_query_labels"])
+    return {**accuracy_ci(accuracy), "method": method, "per_task_accuracy": accuracy.tolist(),
+            "test_tasks_id": test_tasks_id(tasks), "n_test_tasks": len(tasks["test_support"]),
+            "n_train_tasks": len(tasks["train_support"])}
+
+
+def heatmap_matrices(K, tasks, options: MNKOptions, n_tasks: int = 3):
+    """Normalised base kernel and MNK between the first training tasks' queries (class order)."""
+    n_tasks = min(n_tasks, len(tasks["train_support"]))
+    query = tasks["train_query"][:n_tasks]
+    base = normalized_kernel_block(K, query.ravel(), options)
+    phi = mnk_gram(K, tasks["train_support"][:n_tasks], query, options)
+    return base, phi
