@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from mnk import plan
+from mnk import cost, plan
 
 
 def _config(repo, name):
@@ -17,7 +17,7 @@ def _config(repo, name):
 
 def test_plan_imports_without_numpy_or_torch(repo):
     code = ("import sys; sys.modules.update(numpy=None, torch=None, scipy=None); "
-            f"sys.path.insert(0, {str(repo / 'src')!r}); import mnk.plan as p; print(len(p.STAGES))")
+            f"sys.path.insert(0, {str(repo / 'src')!r}); import mnk.plan, mnk.cost as c; print(len(c.STAGES))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5"
@@ -37,7 +37,7 @@ def _pooled_pairs_directly(config):
 
 def test_paper_config_pairs_fall_to_at_most_55_percent(repo):
     config = _config(repo, "paper.yaml")
-    lines = plan.cost_lines(config)
+    lines = cost.cost_lines(config)
     total = int(lines[-1].removeprefix("total kernel pairs: "))
     assert lines[-1].startswith("total kernel pairs: ")
     assert total == _pooled_pairs_directly(config)

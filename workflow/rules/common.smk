@@ -11,7 +11,10 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_DIR), os.getenv("PYTHONPATH")]))
 )
 
-from mnk import plan  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
+from mnk import (
+    cost as kernel_cost,
+    plan,
+)  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
 
 ARCHIVES = ["images_background", "images_evaluation"]
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
@@ -147,12 +150,12 @@ def final_outputs():
 
 
 def kernel_block_runtime(wildcards, attempt):
-    """Minutes for one kernel block: 3x the estimate (plan.pair_seconds), doubled on retry."""
+    """Minutes for one kernel block: 3x the estimate (kernel_cost.pair_seconds), doubled on retry."""
     pool = POOLS[wildcards.pool]
     pairs = pool.block(wildcards.block).n_pairs(pool.task_size)
     device = "cuda" if config["kernel"]["backend"] == "cuda" else "cpu"
-    seconds = pairs * plan.pair_seconds(
-        config["kernel"], plan.kernel_pixels(config), device
+    seconds = pairs * kernel_cost.pair_seconds(
+        config["kernel"], kernel_cost.kernel_pixels(config), device
     )
     if device == "cpu":
         seconds /= 8  # CPU-seconds over the rule's threads

@@ -1,0 +1,85 @@
+"""Planned kernel pairs and projected hours of a config: `make cost CONFIG=...`.
+
+Importable without numpy or torch (common.smk reads the speeds for SLURM runtimes). Kept
+apart from `mnk.plan` so that updating a speed reruns no kernel block.
+"""
+
+from __future__ import annotations
+
+from mnk.plan import STAGES, experiment_ids, kernel_image_size, parse_experiment, pools
+
+# Per-pair speeds (BENCHMARKS.md), the one place SLURM runtimes and `make cost` read them.
+# Work of one CNTK pair ~ depth x P x (P with global average pooling, else 1), P = pixels.
+GPU_SECONDS_PER_UNIT = 1.6e-12  # NVIDIA H200, fused kernel: 33.45 us/pair at 32x32, depth 20, gap
+CPU_SECONDS_PER_UNIT = 7.6e-9  # CPU-seconds, numba backend, 2-core VM: 7.1-8.6 ns per entry-layer
+NTK_SECONDS_PER_PAIR = 1e-6
+META_ITERATIONS_PER_SECOND = {"maml": 25.0, "imaml": 5.0}  # H200, vmap (BENCHMARKS.md)
+
+
+def pair_seconds(kernel: dict, pixels: int, device: str) -> float:
+    """Seconds per kernel pair: GPU wall seconds (H200) or CPU-seconds (one core)."""
+    if kernel["type"] == "ntk":
+        return NTK_SECONDS_PER_PAIR
+    work = kernel["depth"] * pixels * (pixels if kernel["gap"] else 1)
+    return work * (GPU_SECONDS_PER_UNIT if device == "cuda" else CPU_SECONDS_PER_UNIT)
+
+
+def kernel_pixels(config) -> int:
+    return (kernel_image_size(config) + 2 * config["kernel"]["pad"]) ** 2
+
+
+def per_experiment_pairs(config) -> int:
+    """Pairs of the former plan, one kernel per experiment (train, test x train, test tasks)."""
+    total = 0
+    for exp in experiment_ids(config):
+        e, t = parse_experiment(exp), config["tasks"]
+        n = e["n_characters"] * (e["shot"] + t["query"])
+        size = e["way"] * (e["shot"] + t["query"])
+        total += n * (n + 1) // 2 + t["n_test_tasks"] * size * n + t["n_test_tasks"] * size * (size + 1) // 2
+    return total
+
+
+def cost_lines(config) -> list[str]:
+    plans = pools(config)
+    stages = dict.fromkeys(STAGES, 0)
+    for plan in plans.values():
+        for key, value in plan.pairs_by_stage().items():
+            stages[key] += value
+    gpu, cpu = (pair_seconds(config["kernel"], kernel_pixels(config), d) / 3600 for d in ("cuda", "cpu"))
+    k = config["kernel"]
+    side = kernel_image_size(config) + 2 * k["pad"]
+    lines = [f"{len(plans)} image pools, {len(experiment_ids(config))} experiments, "
+             f"{sum(len(p.blocks) for p in plans.values())} kernel blocks; kernel {k['type']} depth {k['depth']} "
+             f"{'gap' if k.get('gap') else 'trace'} on {side}x{side} images",
+             f"{'stage':<28}{'pairs':>14}{'GPU-hours':>12}{'CPU-hours':>12}"]
+    for key, pairs in stages.items():
+        lines.append(f"{'kernel ' + key:<28}{pairs:>14.4g}{pairs * gpu:>12.3g}{pairs * cpu:>12.3g}")
+    total = sum(stages.values())
+    lines.append(f"{'kernel (all)':<28}{total:>14.4g}{total * gpu:>12.3g}{total * cpu:>12.3g}")
+    for method, speed in META_ITERATIONS_PER_SECOND.items():
+        if config.get(method, {}).get("enabled"):
+            hours = len(experiment_ids(config)) * config[method]["options"]["meta_iterations"] / speed / 3600
+            lines.append(f"{method + ' (meta-training)':<28}{'-':>14}{hours:>12.3g}{'-':>12}")
+    lines.append(f"one kernel per experiment (former plan): {per_experiment_pairs(config):.4g} pairs "
+                 f"(pooled: {total / per_experiment_pairs(config):.0%})")
+    lines.append("GPU-hours: NVIDIA H200 speeds; CPU-hours: CPU-seconds of the 2-core VM (BENCHMARKS.md)")
+    lines.append(f"total kernel pairs: {total}")
+    return lines
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(description="Planned kernel pairs and projected hours of a config.")
+    parser.add_argument("config", help="a config file, e.g. config/paper.yaml")
+    args = parser.parse_args(argv)
+    with open(args.config) as f:
+        config = yaml.safe_load(f)
+    print(f"{args.config}:")
+    print("\n".join(cost_lines(config)))
+
+
+if __name__ == "__main__":
+    main()
