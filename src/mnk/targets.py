@@ -73,9 +73,12 @@ def class_centroid_targets(features, labels, way: int) -> np.ndarray:
     features (n_tasks, n, d) (e.g. label-encoder features of the task's images), labels
     (n_tasks, n) -> (n_tasks, n, d). The centroid is over the points given.
     """
-    cent = class_centroids(features, labels, way)
-    labels = np.asarray(labels)
-    return np.take_along_axis(cent, labels[:, :, None], axis=1)
+    return _targets_of(class_centroids(features, labels, way), labels)
+
+
+def _targets_of(centroids: np.ndarray, labels) -> np.ndarray:
+    """Each point's class centroid: centroids (n_tasks, way, d), labels (n_tasks, n)."""
+    return np.take_along_axis(centroids, np.asarray(labels)[:, :, None], axis=1)
 
 
 def _check_pred(pred_query) -> np.ndarray:
@@ -151,6 +154,5 @@ def task_targets(tasks: dict, name: str, features=None, *, with_query: bool):
         points = np.concatenate([support, tasks[f"{name}_query"]], axis=1)
         labels = np.concatenate([support_labels, query_labels], axis=1)
     centroids = class_centroids(np.asarray(features)[points], labels, way)
-    support_y = np.take_along_axis(centroids, support_labels[..., None], axis=1)
-    query_y = np.take_along_axis(centroids, query_labels[..., None], axis=1) if with_query else None
-    return support_y, query_y, centroids
+    query_y = _targets_of(centroids, query_labels) if with_query else None
+    return _targets_of(centroids, support_labels), query_y, centroids
