@@ -133,9 +133,16 @@ def test_write_is_allowed_while_the_workflow_process_lives(tmp_path, monkeypatch
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start times come from /proc")
 def test_a_reused_pid_is_not_mistaken_for_the_workflow(monkeypatch):
     """Same pid as an ancestor but another start time: that ancestor is not our Snakemake."""
-    pid, start = runtime.process_token(os.getppid()).split(":")
-    monkeypatch.setenv(runtime.WORKFLOW_PROCESS_ENV, f"{pid}:{int(start) + 1}")
+    pid, start, namespace = runtime.process_token(os.getppid()).split(":")
+    monkeypatch.setenv(runtime.WORKFLOW_PROCESS_ENV, f"{pid}:{int(start) + 1}:{namespace}")
     assert runtime.workflow_alive() is False
+
+
+def test_a_token_from_another_pid_namespace_is_not_judged(monkeypatch):
+    """A job in a container with its own pids cannot see Snakemake's: it must not refuse."""
+    pid, start, _ = runtime.process_token(os.getppid()).split(":")
+    monkeypatch.setenv(runtime.WORKFLOW_PROCESS_ENV, f"999999:{start}:1")
+    assert runtime.workflow_alive() is None
 
 
 def test_corrupt_preprocessed_file_is_named_in_the_job_log(tmp_path):
