@@ -4,6 +4,7 @@ and refused for an orphaned job."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -132,9 +133,16 @@ def test_write_is_allowed_while_the_workflow_process_lives(tmp_path, monkeypatch
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="start times come from /proc")
 def test_a_reused_pid_is_not_mistaken_for_the_workflow(monkeypatch):
     """Same pid as an ancestor but another start time: that ancestor is not our Snakemake."""
-    pid, start = runtime.process_token(os.getppid()).split(":")
-    monkeypatch.setenv(runtime.WORKFLOW_PROCESS_ENV, f"{pid}:{int(start) + 1}")
+    pid, start, namespace = runtime.process_token(os.getppid()).split(":")
+    monkeypatch.setenv(runtime.WORKFLOW_PROCESS_ENV, f"{pid}:{int(start) + 1}:{namespace}")
     assert runtime.workflow_alive() is False
+
+
+def test_a_token_from_another_pid_namespace_is_not_judged(monkeypatch):
+    """A job in a container with its own pids cannot see Snakemake's: it must not refuse."""
+    pid, start, _ = runtime.process_token(os.getppid()).split(":")
+    monkeypatch.setenv(runtime.WORKFLOW_PROCESS_ENV, f"999999:{start}:1")
+    assert runtime.workflow_alive() is None
 
 
 def test_corrupt_preprocessed_file_is_named_in_the_job_log(tmp_path):
@@ -163,3 +171,57 @@ def test_corrupt_preprocessed_file_is_named_in_the_job_log(tmp_path):
     log = (tmp_path / "logs" / "make_tasks" / f"{exp}.log").read_text()
     assert "CorruptFileError" in log and "results/data/omniglot.npz" in log
     assert "--forcerun results/data/omniglot.npz" in log
+
+
+CHAIN = """
+rule all:
+    input:
+        "c.txt",
+
+
+rule make_a:
+    output:
+        "a.txt",
+    shell:
+        "echo a > {output}"
+
+
+rule make_b:
+    input:
+        "a.txt",
+    output:
+        "b.txt",
+    shell:
+        "cat {input} > {output}"
+
+
+rule make_c:
+    input:
+        "b.txt",
+    output:
+        "c.txt",
+    shell:
+        "cat {input} > {output}"
+"""
+
+
+def test_the_documented_rebuild_of_a_deleted_intermediate(tmp_path):
+    """What docs/troubleshooting.md says Snakemake 9 does: a deleted intermediate with up-to-date
+    outputs downstream is NOT rebuilt by a plain run; `--forcerun <file>` rebuilds it and
+    everything downstream (the command every corrupt-file message gives)."""
+    (tmp_path / "Snakefile").write_text(CHAIN)
+
+    def snakemake(*args):
+        result = subprocess.run([str(BIN / "snakemake"), "--cores", "1", *args], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    snakemake()
+    (tmp_path / "b.txt").unlink()
+    assert "Nothing to be done" in snakemake("--dry-run")
+    planned = snakemake("--dry-run", "--forcerun", "b.txt")
+    assert {"make_b", "make_c"} <= set(re.findall(r"^(?:local)?rule (\w+):", planned, re.M))
+    assert "make_a" not in planned
+    snakemake("--forcerun", "b.txt")
+    assert (tmp_path / "b.txt").read_text() == "a\n"

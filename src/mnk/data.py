@@ -129,8 +129,8 @@ def file_digest(path: Path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
-OFFLINE_HINT = (f"this machine seems to be offline: use a local copy of Omniglot with data.source: mirror "
-                f"and data.mirror: <folder>, or set ${MIRROR_ENV}=<folder> (the folder holds "
+OFFLINE_HINT = (f"to work without internet, use a local copy of Omniglot: data.source: mirror and "
+                f"data.mirror: <folder> in the config, or ${MIRROR_ENV}=<folder> (the folder holds "
                 f"{' and '.join(a + '.zip' for a in ARCHIVES)} and a SHA256SUMS or MD5SUMS)")
 
 
@@ -152,11 +152,10 @@ def _fetch_url(url: str, target: Path, retries: int, backoff: float) -> None:
             return
         except (urllib.error.URLError, OSError, TimeoutError) as error:
             if _is_permanent(error):
-                hint = "" if isinstance(error, urllib.error.HTTPError) else f"; {OFFLINE_HINT}"
-                raise DataError(f"could not download {url}: {error}{hint}") from error
+                offline = "" if isinstance(error, urllib.error.HTTPError) else " (this machine seems offline)"
+                raise DataError(f"could not download {url}: {error}{offline}; {OFFLINE_HINT}") from error
             if attempt == retries:
-                raise DataError(f"could not download {url} after {retries} tries: {error}; "
-                                f"if this machine has no internet access, {OFFLINE_HINT}") from error
+                raise DataError(f"could not download {url} after {retries} tries: {error}; {OFFLINE_HINT}") from error
             wait = backoff * 2 ** (attempt - 1)
             log.warning("download of %s failed (%s); retry %d/%d in %.0f s", url, error, attempt, retries, wait)
             time.sleep(wait)

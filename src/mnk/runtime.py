@@ -33,11 +33,19 @@ def _proc_stat(pid: int) -> tuple[int, str] | None:
     return int(fields[1]), fields[19]
 
 
+def _pid_namespace() -> str:
+    """The inode of this process's pid namespace ('pid:[4026531836]' -> '4026531836')."""
+    try:
+        return os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        return ""
+
+
 def process_token(pid: int | None = None) -> str:
-    """'pid:start-time' of a process (start time from /proc; empty where there is none)."""
+    """'pid:start-time:pid-namespace' of a process (the last two empty where there is no /proc)."""
     pid = os.getpid() if pid is None else pid
     stat = _proc_stat(pid) if Path("/proc/self/stat").exists() else None
-    return f"{pid}:{stat[1] if stat else ''}"
+    return f"{pid}:{stat[1] if stat else ''}:{_pid_namespace()}"
 
 
 def export_workflow_process() -> None:
@@ -55,10 +63,9 @@ def workflow_alive() -> bool | None:
     Walking the parent chain (not only asking whether the pid exists) also catches a pid that
     was reused after Snakemake died: an orphan's chain ends at init or a subreaper.
     """
-    token = os.environ.get(WORKFLOW_PROCESS_ENV)
-    if not token:
-        return None
-    pid_text, _, start = token.partition(":")
+    pid_text, start, namespace = (os.environ.get(WORKFLOW_PROCESS_ENV, "").split(":") + ["", ""])[:3]
+    if not pid_text.isdigit() or namespace != _pid_namespace():
+        return None  # outside a workflow, or in a container with its own pids: cannot tell
     pid = int(pid_text)
     if not start:  # no /proc (macOS): the best we can do is "does the pid exist"
         try:
