@@ -30,7 +30,7 @@ def check_config(config: dict, workdir: str | os.PathLike = ".", environ=None) -
     problems = [
         *task_problems(config.get("tasks", {})),
         *kernel_problems(config.get("kernel", {})),
-        *mnk_problems(config.get("mnk", {})),
+        *mnk_problems(config.get("mnk", {}), config.get("tasks", {})),
         *data_problems(config.get("data", {}), Path(workdir), environ),
     ]
     if problems:
@@ -74,12 +74,12 @@ def _pool_problems(tasks: dict, ways: list, sizes: list) -> list[str]:
     n_val = tasks.get("n_val_characters") or 0
     needed = max(sizes, default=0) + n_val
     if needed > n_train:
-        what = f"max(tasks.n_characters) + tasks.n_val_characters = {needed}" if n_val else \
-            f"tasks.n_characters {max(sizes)}"
+        what = (f"max(tasks.n_characters) {max(sizes)} + tasks.n_val_characters {n_val} = {needed}"
+                if n_val else f"tasks.n_characters {max(sizes)}")
         problems.append(f"{what} exceeds the {n_train} training characters of tasks.split {split!r}")
     if ways and max(ways) > n_test:
         problems.append(f"tasks.way {max(ways)} exceeds the {n_test} test characters of tasks.split {split!r}")
-    if n_val and ways and max(ways) > n_val:
+    if tasks.get("n_val_tasks") and ways and max(ways) > n_val:
         problems.append(f"tasks.n_val_characters {n_val} is smaller than tasks.way {max(ways)}: a "
                         "validation task needs `way` distinct characters")
     return problems
@@ -93,11 +93,17 @@ def kernel_problems(kernel: dict) -> list[str]:
     return []
 
 
-def mnk_problems(mnk: dict) -> list[str]:
+def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
     problems = []
-    ridge = _as_list(mnk.get("ridge", []))
-    if any(isinstance(r, (int, float)) and not math.isfinite(r) for r in ridge):
-        problems.append(f"mnk.ridge {ridge} must be finite")
+    r2 = _as_list(mnk.get("grid", {}).get("r2", []))
+    for key, values in (("mnk.r1", _as_list(mnk.get("r1", []))), ("mnk.grid.r2", r2)):
+        if any(isinstance(r, (int, float)) and not math.isfinite(r) for r in values):
+            problems.append(f"{key} {values} must be finite")
+    grid = mnk.get("grid", {})
+    settings = math.prod(len(_as_list(grid.get(key, [None]))) for key in ("r2", "targets", "decoder"))
+    if settings > 1 and not tasks.get("n_val_tasks"):
+        problems.append(f"mnk.grid has {settings} settings to choose from but tasks.n_val_tasks is 0: "
+                        "selection needs validation tasks (or give the grid one value per key)")
     if mnk.get("solver") == "lowrank":
         finite = [t for t in _as_list(mnk.get("meta_time", math.inf))
                   if isinstance(t, (int, float)) and math.isfinite(t)]
@@ -106,8 +112,8 @@ def mnk_problems(mnk: dict) -> list[str]:
                 f"mnk.solver 'lowrank' needs mnk.meta_time .inf, got {finite[0]}: use solver 'dense' "
                 "(or 'auto') for a finite meta_time"
             )
-        if len(ridge) == 2 and ridge[1] == 0:
-            problems.append("mnk.solver 'lowrank' needs mnk.ridge[1] (r2) > 0: Phi[train, train] has "
+        if 0 in r2:
+            problems.append("mnk.solver 'lowrank' needs every mnk.grid.r2 > 0: Phi[train, train] has "
                             "rank <= the number of images")
     return problems
 

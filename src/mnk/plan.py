@@ -25,9 +25,6 @@ from functools import cached_property
 EXPERIMENT_PATTERN = r"(\d+)way(\d+)shot-(\d+)char-seed(\d+)"
 POOL_PATTERN = r"pool-(\d+)way(\d+)shot-seed(\d+)"
 BLOCK_PATTERN = r"(train|cross|task)-\d+-\d+"
-DRAWERS = 20  # images per Omniglot character
-# Characters on each side of the split (mnk.tasks.character_pools computes them from data).
-CHARACTER_POOLS = {"background": (964, 659), "original": (1200, 423)}
 # Kernel settings that change how, not what, is computed: not part of a block's identity.
 RUNTIME_KEYS = ("backend", "block_size", "threads", "cpu_threads")
 
@@ -175,25 +172,12 @@ def pool_of(config, exp: str) -> PoolPlan:
 
 
 def check_tasks(tasks) -> None:
-    """What the task settings alone decide, before any download; errors name the key."""
-    n_train_pool, n_test_pool = CHARACTER_POOLS[tasks["split"]]
-    n_val = tasks.get("n_val_characters", 0)
-    for way in tasks["way"]:
-        bad = [n for n in tasks["n_characters"] if n % way]
-        if bad:
-            raise ValueError(f"tasks.n_characters {bad} must be multiples of tasks.way ({way})")
-        if way > n_test_pool:
-            raise ValueError(f"tasks.way ({way}) exceeds the {n_test_pool} test characters of split {tasks['split']!r}")
-        if tasks["n_val_tasks"] and n_val < way:
-            raise ValueError(f"tasks.n_val_characters ({n_val}) must be >= tasks.way ({way}) when tasks.n_val_tasks > 0")
-    for shot in tasks["shot"]:
-        if shot + tasks["query"] > DRAWERS:
-            raise ValueError(f"tasks.shot + tasks.query = {shot + tasks['query']} exceeds the {DRAWERS} images per character")
-    if max(tasks["n_characters"]) + n_val > n_train_pool:
-        raise ValueError(
-            f"tasks.n_characters ({max(tasks['n_characters'])}) + tasks.n_val_characters ({n_val}) exceed the "
-            f"{n_train_pool} training-side characters of split {tasks['split']!r}"
-        )
+    """What the task settings alone decide (mnk.config_checks), before any download."""
+    from mnk.config_checks import ConfigError, task_problems
+
+    problems = task_problems(tasks)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 # ---------------------------------------------------------------- identity and hashes
