@@ -20,7 +20,7 @@ rule download_omniglot:
 rule preprocess_omniglot:
     input:
         archives=expand("results/data/raw/{archive}.zip", archive=ARCHIVES),
-        lib=package_sources("data"),
+        lib=package_sources("data", "omniglot"),
     output:
         "results/data/omniglot.npz",
     log:
