@@ -198,6 +198,8 @@ def meta_learner_runtime(wildcards, attempt):
     per_second = 5.0 if wildcards.method == "imaml" else 25.0
     options = config[wildcards.method]["options"]
     # an `epochs` budget: at most n_characters meta-updates per epoch (mnk.maml n_updates)
-    iterations = options.get("meta_iterations") or options.get("epochs", 200) * experiment(
-        wildcards)["n_characters"]
+    iterations = (
+        options.get("meta_iterations")
+        or options.get("epochs", 200) * experiment(wildcards)["n_characters"]
+    )
     return int(15 + 3 * iterations / per_second / 60) * attempt
