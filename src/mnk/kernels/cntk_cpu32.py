@@ -37,8 +37,8 @@ patches (the same patch in both images, identical images) keep ``theta = 0`` ins
 in float32 by the same operations in the same order as the pair recursion
 (:func:`layer_variances_f32`), so an exactly correlated entry stays exactly correlated at
 every layer and the diagonal of a Gram matrix needs no special case.  The images are
-scaled to max |value| 1 first (the kernel is homogeneous of degree 2; the result is scaled
-back in float64), so float32 neither overflows nor underflows.
+scaled to max |value| 1 each first (the kernel is homogeneous of degree 1 in each image;
+the result is scaled back in float64), so float32 neither overflows nor underflows.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ import numpy as np
 from numba import njit, prange
 
 from mnk.kernels._acos import ACOS1M_COEFFS, SQRT2M_COEFFS
+from mnk.kernels._pairs import PairProgress, batches, chunks
 
 __all__ = ["cntk_gram_cpu32", "layer_variances_f32", "SNAP", "TRACE_LANES"]
 
@@ -118,25 +119,30 @@ def layer_norms_f32(D: np.ndarray, scaled: bool):
 
 
 @njit(**_STEP_FLAGS)
-def _relu_row(rs, rt, xn_l, lz, ilz, xr, zsel, last, fixf):
-    """The ReLU step (module docstring) on one row of an item, in the row buffers rs, rt
-    (column v1 at rs[v1 + 2]); ``last``: rs <- T~ - fixf S~ (rt unused)."""
+def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
+    """The ReLU step (module docstring) in place on one row of an item.
+
+    rb: row buffer (W+6, 2, L) of (Sigma, Theta), column v1 at rb[v1 + 2]; ``last``:
+    rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W+2), zn_l (2, H, Wz, L): this layer's norms;
+    z's column at ``v1 * zsel``.
+    """
     W2 = xn_l.shape[2]
-    L = rs.shape[1]
+    L = rb.shape[2]
     for v1 in range(W2):
         lxs = xn_l[0, xr, v1]
         ilx = xn_l[1, xr, v1]
         r = v1 + 2
         if lxs == _ZERO:  # zero x variance (or a guard column): the step gives 0
             for k in range(L):
-                rs[r, k] = _ZERO
-                rt[r, k] = _ZERO
+                rb[r, 0, k] = _ZERO
+                rb[r, 1, k] = _ZERO
             continue
         zc = v1 * zsel
         for k in range(L):
-            lxz = lxs * lz[zc, k]
-            sk = rs[r, k]
-            c = sk * (ilx * ilz[zc, k])
+            sk = rb[r, 0, k]
+            tk = rb[r, 1, k]
+            lxz = lxs * zn_l[0, zr, zc, k]
+            c = sk * (ilx * zn_l[1, zr, zc, k])
             u = _ONE - abs(c)
             u = u if u > SNAP else _ZERO
             s1 = math.sqrt(u)
@@ -158,55 +164,42 @@ def _relu_row(rs, rt, xn_l, lz, ilz, xr, zsel, last, fixf):
             q = q * u + _Q1
             q = q * u + _Q0
             sn = sk * pmk + s1 * q * lxz
-            tn = rt[r, k] * pmk + sn
+            tn = tk * pmk + sn
             if last:
-                rs[r, k] = tn - fixf * sn
+                rb[r, 0, k] = tn - fixf * sn
             else:
-                rs[r, k] = sn
-                rt[r, k] = tn
+                rb[r, 0, k] = sn
+                rb[r, 1, k] = tn
 
 
 @njit(**_FLAGS)
 def _hsum(rf, out, L, sh):
-    """Horizontal half of the box filter: out[k] = rf[2L+k-sh] + rf[2L+k] + rf[2L+k+sh]."""
+    """Horizontal half of the box filter on a row: out[k] = rf[o+k-sh] + rf[o+k] + rf[o+k+sh],
+    o = 4 L (two guard columns of (Sigma, Theta) lane vectors before the row)."""
     n = out.shape[0]
-    a0 = rf[2 * L - sh : 2 * L - sh + n]
-    a1 = rf[2 * L : 2 * L + n]
-    a2 = rf[2 * L + sh : 2 * L + sh + n]
+    o = 4 * L
+    a0 = rf[o - sh : o - sh + n]
+    a1 = rf[o : o + n]
+    a2 = rf[o + sh : o + sh + n]
     for k in range(n):
         out[k] = a0[k] + a1[k] + a2[k]
-
-
-@njit(**_FLAGS)
-def _hsum2(rf, out, tf, tout, L, sh):
-    """:func:`_hsum` of Sigma and Theta in one loop."""
-    n = out.shape[0]
-    a0 = rf[2 * L - sh : 2 * L - sh + n]
-    a1 = rf[2 * L : 2 * L + n]
-    a2 = rf[2 * L + sh : 2 * L + sh + n]
-    b0 = tf[2 * L - sh : 2 * L - sh + n]
-    b1 = tf[2 * L : 2 * L + n]
-    b2 = tf[2 * L + sh : 2 * L + sh + n]
-    for k in range(n):
-        out[k] = a0[k] + a1[k] + a2[k]
-        tout[k] = b0[k] + b1[k] + b2[k]
 
 
 @njit(**_FLAGS)
 def _vsum(h0, h1, h2, rf, L):
-    """Vertical half of the box filter into the row buffer: rf[2L+k] = h0[k] + h1[k] + h2[k]."""
+    """Vertical half of the box filter into the row buffer: rf[4L+k] = h0[k] + h1[k] + h2[k]."""
     n = h1.shape[0]
-    o = rf[2 * L : 2 * L + n]
+    o = rf[4 * L : 4 * L + n]
     for k in range(n):
         o[k] = h0[k] + h1[k] + h2[k]
 
 
 @njit(**_FLAGS)
-def _item(HB, R, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
+def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
     """All layers of one item (module docstring), one sweep over the rows per layer.
 
-    HB (4, H+2, (W+2) L): horizontally summed Sigma and Theta, double buffered (row 0 and
-    row h+1 are the zero borders); R (2, W+6, L): row buffers of Sigma and Theta.
+    HB (2, H+2, W+2, 2, L): horizontally summed (Sigma, Theta), double buffered (row 0 and
+    row h+1 are the zero borders); rb (W+6, 2, L): the row buffer.
     xi (C, H, W+2), xn (depth-1, 2, H, W+2): x's padded image and norms; zi (C, H, Wz, L),
     zn (depth-1, 2, H, Wz, L): z's, lane vector of column v1 at ``v1 * zsel``.  Item row u
     is x row ``xr0 + u`` and z row ``zr0 + u``; q's column moves with p's by ``dl`` lanes.
@@ -214,50 +207,42 @@ def _item(HB, R, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
     """
     C = xi.shape[0]
     W2 = xi.shape[2]
-    L = R.shape[2]
-    sh = L + dl
-    rs = R[0]
-    rt = R[1]
-    rsf = rs.reshape(-1)
-    rtf = rt.reshape(-1)
-    for b in range(4):
-        for k in range(HB.shape[2]):
-            HB[b, h + 1, k] = _ZERO
+    L = rb.shape[2]
+    sh = 2 * L + dl
+    rf = rb.reshape(-1)
+    for b in range(2):
+        HB[b, h + 1] = _ZERO
     for u in range(h):  # Sigma^1 = B[sum_c x_c z_c], Theta^1 = Sigma^1 (0 if fix): horizontal half
         for v1 in range(W2):
             for k in range(L):
-                rs[v1 + 2, k] = _ZERO
+                rb[v1 + 2, 0, k] = _ZERO
             for c in range(C):
                 xv = xi[c, xr0 + u, v1]
                 for k in range(L):
-                    rs[v1 + 2, k] += xv * zi[c, zr0 + u, v1 * zsel, k]
+                    rb[v1 + 2, 0, k] += xv * zi[c, zr0 + u, v1 * zsel, k]
             for k in range(L):
-                rt[v1 + 2, k] = _ZERO if fix else rs[v1 + 2, k]
-        _hsum(rsf, HB[0, u + 1], L, sh)
-        _hsum(rtf, HB[1, u + 1], L, sh)
+                rb[v1 + 2, 1, k] = _ZERO if fix else rb[v1 + 2, 0, k]
+        _hsum(rf, HB[0, u + 1].reshape(-1), L, sh)
     fixf = _ONE if fix else _ZERO
     cur = 0
     for layer in range(depth - 1):
         last = layer == depth - 2
-        hs = HB[2 * cur]
-        ht = HB[2 * cur + 1]
+        hb = HB[cur]
         for u in range(h):
-            _vsum(hs[u], hs[u + 1], hs[u + 2], rsf, L)
-            _vsum(ht[u], ht[u + 1], ht[u + 2], rtf, L)
-            _relu_row(rs, rt, xn[layer], zn[layer, 0, zr0 + u], zn[layer, 1, zr0 + u], xr0 + u,
-                      zsel, last, fixf)
+            _vsum(hb[u].reshape(-1), hb[u + 1].reshape(-1), hb[u + 2].reshape(-1), rf, L)
+            _relu_row(rb, xn[layer], zn[layer], xr0 + u, zr0 + u, zsel, last, fixf)
             if last:
                 for v1 in range(W2):
                     for k in range(L):
-                        acc[k] += rs[v1 + 2, k]
+                        acc[k] += rb[v1 + 2, 0, k]
             else:
-                _hsum2(rsf, HB[2 - 2 * cur, u + 1], rtf, HB[3 - 2 * cur, u + 1], L, sh)
+                _hsum(rf, HB[1 - cur, u + 1].reshape(-1), L, sh)
         cur = 1 - cur
 
 
 @njit(**_FLAGS)
 def _scratch(H, W2, L):
-    return (np.zeros((4, H + 2, W2 * L), dtype=np.float32), np.zeros((2, W2 + 4, L), dtype=np.float32),
+    return (np.zeros((2, H + 2, W2, 2, L), dtype=np.float32), np.zeros((W2 + 4, 2, L), dtype=np.float32),
             np.zeros(L))
 
 
@@ -272,13 +257,13 @@ def _gap_pairs(XI, XN, ZI, ZN, pi, pj, depth, fix, nthreads):
     part = np.zeros(nitems)
     nchunks = min(nitems, 4 * nthreads)
     for ch in prange(nchunks):
-        HB, R, acc = _scratch(H, W2, L)
+        HB, rb, acc = _scratch(H, W2, L)
         for it in range(ch, nitems, nchunks):
             k = it // na
             a = it % na - (H - 1)
             i0 = -a if a < 0 else 0
             acc[:] = 0.0
-            _item(HB, R, acc, XI[pi[k]], XN[pi[k]], ZI[pj[k]], ZN[pj[k]], H - abs(a), i0, i0 + a,
+            _item(HB, rb, acc, XI[pi[k]], XN[pi[k]], ZI[pj[k]], ZN[pj[k]], H - abs(a), i0, i0 + a,
                   0, 1, depth, fix)
             part[it] = acc.sum()
     return part.reshape(pi.shape[0], na).sum(axis=1)
@@ -294,10 +279,10 @@ def _trace_groups(XI, XN, ZG, ZGN, gi, gg, depth, fix, nthreads):
     out = np.zeros((nitems, L))
     nchunks = min(nitems, 4 * nthreads)
     for ch in prange(nchunks):
-        HB, R, acc = _scratch(H, W2, L)
+        HB, rb, acc = _scratch(H, W2, L)
         for it in range(ch, nitems, nchunks):
             acc[:] = 0.0
-            _item(HB, R, acc, XI[gi[it]], XN[gi[it]], ZG[gg[it]], ZGN[gg[it]], H, 0, 0, 1, 0, depth, fix)
+            _item(HB, rb, acc, XI[gi[it]], XN[gi[it]], ZG[gg[it]], ZGN[gg[it]], H, 0, 0, 1, 0, depth, fix)
             out[it] = acc
     return out
 
@@ -350,40 +335,13 @@ def _pack_z_trace(X32: np.ndarray, depth: int):
     return group(XI), group(XN)
 
 
-def _chunks(n: int, size: int):
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
-
-
-def _batches(n: int, nbatch: int):
-    step = max(1, -(-n // nbatch))
-    return [(s, min(n, s + step)) for s in range(0, n, step)]
-
-
-class _Progress:
-    """Pairs-per-second bar (mnk.progress) for large Gram matrices; a no-op for small ones."""
-
-    def __init__(self, total_pairs: int, work: float, desc: str, show: bool | None):
-        from mnk.progress import progress_bar  # noqa: PLC0415
-
-        show = work > 2e9 if show is None else bool(show)  # ~ a few seconds and more
-        self.bar = progress_bar(total_pairs, desc, unit="pair") if show else None
-
-    def update(self, pairs: int) -> None:
-        if self.bar is not None:
-            self.bar.update(pairs)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _gap_block(K, XI, XN, ZI, ZN, x0, z0, diag, depth, fix, norm, bar):
     """Fill K's entries of one (x chunk, z chunk) block with global average pooling."""
     nx, nz = len(XI), len(ZI)
     ii, jj = np.tril_indices(nx) if diag else np.indices((nx, nz)).reshape(2, -1)
     ii = np.ascontiguousarray(ii, dtype=np.int64)
     jj = np.ascontiguousarray(jj, dtype=np.int64)
-    for b0, b1 in _batches(len(ii), 1 if bar.bar is None else 64):
+    for b0, b1 in batches(len(ii), 64 if bar.active else 1):
         vals = _gap_pairs(XI, XN, ZI, ZN, ii[b0:b1], jj[b0:b1], depth, fix,
                            numba.get_num_threads())
         K[x0 + ii[b0:b1], z0 + jj[b0:b1]] = vals * norm
@@ -402,7 +360,7 @@ def _trace_block(K, XI, XN, ZG, ZGN, x0, z0, nz, diag, depth, fix, norm, bar):
     gi = np.ascontiguousarray(gi, dtype=np.int64)
     gg = np.ascontiguousarray(gg, dtype=np.int64)
     lanes = np.arange(TRACE_LANES)
-    for b0, b1 in _batches(len(gi), 1 if bar.bar is None else 64):
+    for b0, b1 in batches(len(gi), 64 if bar.active else 1):
         out = _trace_groups(XI, XN, ZG, ZGN, gi[b0:b1], gg[b0:b1], depth, fix,
                              numba.get_num_threads())
         j = gg[b0:b1, None] * TRACE_LANES + lanes[None, :]
@@ -410,6 +368,13 @@ def _trace_block(K, XI, XN, ZG, ZGN, x0, z0, nz, diag, depth, fix, norm, bar):
         ok = (j < nz) & ((j <= i) if diag else True)
         K[x0 + i[ok], z0 + j[ok]] = out[ok] * norm
         bar.update(int(ok.sum()))
+
+
+def _unit_scale(X: np.ndarray):
+    """float32 images scaled to max |value| 1 each, and the scales (1 for an all-zero image)."""
+    scale = np.abs(X).reshape(len(X), -1).max(axis=1)
+    scale[scale == 0.0] = 1.0
+    return (X / scale[:, None, None, None]).astype(np.float32), scale
 
 
 def cntk_gram_cpu32(X: np.ndarray, Z: np.ndarray, symmetric: bool, *, depth: int, gap: bool,
@@ -420,25 +385,24 @@ def cntk_gram_cpu32(X: np.ndarray, Z: np.ndarray, symmetric: bool, *, depth: int
     validated; ``symmetric``: Z is X (lower triangle computed, then mirrored).
     """
     n, m = len(X), len(Z)
+    if not gap and not symmetric and m < n:  # the trace puts Z images in lanes: the larger set
+        return cntk_gram_cpu32(Z, X, False, depth=depth, gap=gap, fix=fix, progress=progress).T.copy()
     K = np.zeros((n, m), dtype=np.float64)
     if n == 0 or m == 0:
         return K
-    s = max(float(np.max(np.abs(X))), 0.0 if symmetric else float(np.max(np.abs(Z))))
-    if s == 0.0:
-        return K
-    X32 = (X / s).astype(np.float32)
-    Z32 = X32 if symmetric else (Z / s).astype(np.float32)
+    X32, sx = _unit_scale(X)
+    Z32, sz = (X32, sx) if symmetric else _unit_scale(Z)
     _, C, H, W = X.shape
     P = H * W
     lanes = _lanes(W)
-    norm = s * s / (float(P) * float(P)) if gap else s * s
+    norm = 1.0 / (float(P) * float(P)) if gap else 1.0
     npairs = n * (n + 1) // 2 if symmetric else n * m
-    bar = _Progress(npairs, npairs * float(P if not gap else P * P) * (depth - 1),
+    bar = PairProgress(npairs, npairs * float(P if not gap else P * P) * (depth - 1),
                     f"CNTK cpu float32 {H}x{W} depth {depth} {'gap' if gap else 'trace'}", progress)
     per_image = 4 * (depth + C) * 2 * H * max(lanes, W + 2) * 2
     csize = max(TRACE_LANES, (_CHUNK_BYTES // per_image) // TRACE_LANES * TRACE_LANES)
-    xch = _chunks(n, csize)
-    zch = xch if symmetric else _chunks(m, csize)
+    xch = chunks(n, csize)
+    zch = xch if symmetric else chunks(m, csize)
     try:
         for ci, (x0, x1) in enumerate(xch):
             XI, XN = _pack_x(X32[x0:x1], depth)
@@ -457,6 +421,7 @@ def cntk_gram_cpu32(X: np.ndarray, Z: np.ndarray, symmetric: bool, *, depth: int
     if symmetric:
         iu = np.triu_indices(n, 1)
         K[iu] = K.T[iu]
+    K *= sx[:, None] * sz[None, :]
     if not np.all(np.isfinite(K)):
         raise FloatingPointError("cntk_gram_cpu32 produced non-finite values")
     return K
