@@ -292,31 +292,26 @@ def _trace_groups(XI, XN, ZG, ZGN, gi, gg, depth, fix, nthreads):
 
 
 def _lanes(W: int) -> int:
-    """Lanes of a GAP item: q's W columns plus two zero guards, rounded up to 8 (one AVX2 vector)."""
-    return -(-(W + 2) // 8) * 8
+    """Lanes of a GAP item: q's W columns and at least one zero guard, rounded up to 8."""
+    return -(-(W + 1) // 8) * 8
 
 
 def _pack_x(X32: np.ndarray, depth: int, scaled: bool = True):
-    """x side: images (n, C, H, W+2) and norms (n, depth-1, 2, H, W+2), zero guard columns."""
-    n, C, H, W = X32.shape
-    XI = np.zeros((n, C, H, W + 2), dtype=np.float32)
-    XI[..., 1 : W + 1] = X32
+    """x side: images (n, C, H, W) and norms (n, depth-1, 2, H, W), float32."""
     L, iL = layer_norms_f32(layer_variances_f32(X32, depth), scaled)
-    XN = np.zeros((n, depth - 1, 2, H, W + 2), dtype=np.float32)
-    XN[:, :, 0, :, 1 : W + 1] = L
-    XN[:, :, 1, :, 1 : W + 1] = iL
-    return XI, XN
+    return np.ascontiguousarray(X32), np.ascontiguousarray(np.stack([L, iL], axis=2))
 
 
 def _pack_z_gap(X32: np.ndarray, depth: int, lanes: int):
-    """z side of GAP items: images (m, C, H, lanes), norms (m, depth-1, 2, H, lanes), lane = 1 + column."""
+    """z side of GAP items: images (m, C, H, 1, lanes), norms (m, depth-1, 2, H, 1, lanes);
+    lane = column, lanes W.. are zero guards."""
     m, C, H, W = X32.shape
     ZI = np.zeros((m, C, H, 1, lanes), dtype=np.float32)
-    ZI[..., 0, 1 : W + 1] = X32
+    ZI[..., 0, :W] = X32
     L, iL = layer_norms_f32(layer_variances_f32(X32, depth), False)
     ZN = np.zeros((m, depth - 1, 2, H, 1, lanes), dtype=np.float32)
-    ZN[:, :, 0, :, 0, 1 : W + 1] = L
-    ZN[:, :, 1, :, 0, 1 : W + 1] = iL
+    ZN[:, :, 0, :, 0, :W] = L
+    ZN[:, :, 1, :, 0, :W] = iL
     return ZI, ZN
 
 
