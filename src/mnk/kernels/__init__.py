@@ -1,7 +1,8 @@
 """Base kernels: the exact convolutional NTK (CNTK) and the fully connected ReLU NTK.
 
 * :func:`cntk_gram` -- CNTK of Arora et al. 2019 (exact recursion documented in
-  :mod:`mnk.kernels.cntk_cpu`), dispatched to the CPU (numba) or the CUDA backend.
+  :mod:`mnk.kernels.cntk_cpu`), dispatched to the CPU (numba; float64
+  :mod:`~mnk.kernels.cntk_cpu` or float32 :mod:`~mnk.kernels.cntk_cpu32`) or the CUDA backend.
 * :func:`ntk_gram` -- fully connected ReLU NTK on flattened inputs (:mod:`mnk.kernels.ntk`).
 * :mod:`mnk.kernels.reference` -- slow direct 4-D float64 reference, for tests.
 """
@@ -15,7 +16,7 @@ import numpy as np
 from mnk.kernels._validate import as_images, check_depth
 from mnk.kernels.ntk import ntk_gram
 
-__all__ = ["cntk_gram", "ntk_gram", "select_backend"]
+__all__ = ["DTYPES", "check_dtype", "cntk_gram", "ntk_gram", "select_backend"]
 
 log = logging.getLogger("mnk.kernels")
 
@@ -64,7 +65,22 @@ def select_backend(backend: str = "auto") -> str:
     return "cuda"
 
 
-def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, backend: str = "auto") -> np.ndarray:
+DTYPES = ("float32", "float64")
+
+
+def check_dtype(dtype) -> str:
+    """``dtype`` as "float32" or "float64" (strings or NumPy dtypes); anything else is an error."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return name
+
+
+def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, backend: str = "auto",
+              dtype="float64") -> np.ndarray:
     """Exact CNTK Gram matrix, float64 of shape (len(X), len(Z)).
 
     X, Z: float arrays (n, H, W) or (n, C, H, W), H, W >= 3, finite.  Z=None means
@@ -72,13 +88,20 @@ def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, bac
     number of 3x3 conv layers + 1 (>= 2); ``gap``: global average pooling (mean of the
     final P x P NTK) else trace; ``fix``: first and last layer fixed.  ``backend``:
     "cpu", "cuda" or "auto" (cuda when :func:`mnk.kernels.cntk_cuda.cuda_available`).
-    Definition and conventions: :mod:`mnk.kernels.cntk_cpu`.
+    ``dtype``: arithmetic of the CPU backend, "float64" (exact, :mod:`mnk.kernels.cntk_cpu`)
+    or "float32" (vectorised, ~1e-7 relative with gap, :mod:`mnk.kernels.cntk_cpu32`); the
+    result is float64 either way.  The CUDA backend keeps its own precision whatever
+    ``dtype`` says (float32 with gap, float64 for the trace).
+    Definition and conventions: :mod:`mnk.kernels.cntk_cpu`.  Inputs are validated here,
+    once; the backends receive prepared float64 (n, C, H, W) arrays.
     """
     depth = check_depth(depth)
+    dtype = check_dtype(dtype)
     Xi = as_images(X, "X")
     Zi = None if Z is None else as_images(Z, "Z")
     if Zi is not None and Zi.shape[1:] != Xi.shape[1:]:
         raise ValueError(f"X and Z must have the same (C, H, W); got {Xi.shape[1:]} and {Zi.shape[1:]}")
+    gap, fix = bool(gap), bool(fix)
     chosen = select_backend(backend)
     if chosen == "cuda" and backend == "auto":
         from mnk.kernels import cntk_cuda  # noqa: PLC0415
@@ -89,15 +112,25 @@ def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, bac
             _log_choice("cntk_gram: backend 'auto' -> cpu (CUDA backend does not support %dx%d images)", H, W)
             chosen = "cpu"
     if chosen == "cuda":
-        from mnk.kernels.cntk_cuda import cntk_gram_cuda  # noqa: PLC0415
+        return _cuda_gram(Xi, Zi, depth=depth, gap=gap, fix=fix)
+    symmetric = Zi is None
+    Zp = Xi if symmetric else Zi
+    if dtype == "float32":
+        from mnk.kernels.cntk_cpu32 import cntk_gram_cpu32  # noqa: PLC0415 (numba import is slow)
 
-        K = np.asarray(cntk_gram_cuda(Xi, Zi, depth=depth, gap=bool(gap), fix=bool(fix)), dtype=np.float64)
-        expect = (len(Xi), len(Xi) if Zi is None else len(Zi))
-        if K.shape != expect:
-            raise RuntimeError(f"cntk_gram_cuda returned shape {K.shape}, expected {expect}")
-        if not np.all(np.isfinite(K)):
-            raise FloatingPointError("cntk_gram_cuda returned non-finite values")
-        return K
-    from mnk.kernels.cntk_cpu import cntk_gram_cpu  # noqa: PLC0415 (numba import is slow)
+        return cntk_gram_cpu32(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix)
+    from mnk.kernels.cntk_cpu import gram_prepared  # noqa: PLC0415
 
-    return cntk_gram_cpu(Xi, Zi, depth=depth, gap=gap, fix=fix)
+    return gram_prepared(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix)
+
+
+def _cuda_gram(Xi, Zi, *, depth, gap, fix) -> np.ndarray:
+    from mnk.kernels.cntk_cuda import cntk_gram_cuda  # noqa: PLC0415
+
+    K = np.asarray(cntk_gram_cuda(Xi, Zi, depth=depth, gap=gap, fix=fix), dtype=np.float64)
+    expect = (len(Xi), len(Xi) if Zi is None else len(Zi))
+    if K.shape != expect:
+        raise RuntimeError(f"cntk_gram_cuda returned shape {K.shape}, expected {expect}")
+    if not np.all(np.isfinite(K)):
+        raise FloatingPointError("cntk_gram_cuda returned non-finite values")
+    return K

@@ -46,3 +46,47 @@ def pi_minus_acos(c):
     t = 2.0 * (s + s * r)  # acos(|c|) for |c| > 1/2
     big = _PI - t if c > 0.0 else t
     return _PIO2 + (c + c * r) if small else big
+
+
+# ---- float32: theta = arccos(1 - u) = sqrt(u) g(u), u = 1 - |c| in [0, 1] ----
+# g is a degree-6 polynomial fitted (iteratively reweighted least squares towards minimax)
+# to arccos(1 - u) / sqrt(u): |sqrt(u) g(u) - arccos(1 - u)| <= 9e-8 rad in exact
+# arithmetic on [0, 1] and <= 3e-7 rad (about 2 ulp of pi/2) evaluated in float32
+# (tests/test_cntk_cpu_float32.py checks both against numpy.arccos).  Only mul/add and
+# one sqrt: the loop that uses it vectorises.
+ACOS1M_COEFFS = (  # highest power first (numpy.polyval order)
+    0.0026113142222421444,
+    -0.003665696267677543,
+    0.006920321631661165,
+    0.005946104450427372,
+    0.02696270868128345,
+    0.11780664822270012,
+    1.4142148373718177,
+)
+ACOS1M_ERROR_BOUND = 9e-8  # rad, the polynomial itself
+ACOS1M_ERROR_BOUND_F32 = 3e-7  # rad, evaluated in float32
+
+# sin(theta) = sqrt(1 - c^2) = sqrt(u) sqrt(2 - u): the second factor as a degree-6
+# polynomial on [0, 1] (same fit), relative error <= 1.5e-7 in exact arithmetic, so the
+# step needs one sqrt per entry.
+SQRT2M_COEFFS = (  # highest power first
+    -0.0026671397575492944,
+    0.0030343802005401432,
+    -0.006935841491330047,
+    -0.009655320943146277,
+    -0.04445396556668218,
+    -0.3535353213115789,
+    1.4142133553022878,
+)
+SQRT2M_REL_ERROR_BOUND = 1.5e-7
+
+
+def polyval_f32(coeffs, u):
+    """NumPy float32 Horner evaluation, as the kernel does it (for tests)."""
+    import numpy as np  # noqa: PLC0415
+
+    u = np.asarray(u, dtype=np.float32)
+    p = np.full_like(u, np.float32(coeffs[0]))
+    for coef in coeffs[1:]:
+        p = p * u + np.float32(coef)
+    return p

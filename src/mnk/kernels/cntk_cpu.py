@@ -71,9 +71,10 @@ import numpy as np
 from numba import njit, prange
 
 from mnk.kernels._acos import pi_minus_acos
+from mnk.kernels._pairs import PairProgress, batches, chunks
 from mnk.kernels._validate import as_image_pair, check_depth, image_keys as _image_keys
 
-__all__ = ["cntk_gram_cpu", "image_layer_norms"]
+__all__ = ["cntk_gram_cpu", "gram_prepared", "image_layer_norms"]
 
 _NINE_PI = 9.0 * math.pi
 _INV_NINE_PI = 1.0 / (9.0 * math.pi)
@@ -295,48 +296,58 @@ def pack_layer_norms(X: np.ndarray, depth: int) -> np.ndarray:
     return np.ascontiguousarray(np.stack([L, iL], axis=2))
 
 
-def _chunks(n: int, size: int):
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
-
-
 def cntk_gram_cpu(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False) -> np.ndarray:
-    """CNTK Gram matrix on the CPU; see the module docstring for the exact definition.
+    """CNTK Gram matrix on the CPU in float64; see the module docstring for the definition.
 
-    X, Z: (n, H, W) or (n, C, H, W).  Z=None: symmetric, only the lower triangle is
-    computed and mirrored.  Returns float64 (len(X), len(Z)).
+    X, Z: (n, H, W) or (n, C, H, W), validated here (the public entry,
+    :func:`mnk.kernels.cntk_gram`, validates once and calls :func:`gram_prepared`).
+    Z=None: symmetric, only the lower triangle is computed and mirrored.  Returns float64
+    (len(X), len(Z)).
     """
     depth = check_depth(depth)
-    gap = bool(gap)
-    fix = bool(fix)
     X, Zi, symmetric = as_image_pair(X, Z)
+    return gram_prepared(X, Zi, symmetric, depth=depth, gap=bool(gap), fix=bool(fix))
+
+
+def gram_prepared(X: np.ndarray, Zi: np.ndarray, symmetric: bool, *, depth: int, gap: bool,
+                  fix: bool, progress: bool | None = None) -> np.ndarray:
+    """:func:`cntk_gram_cpu` on validated float64 (n, C, H, W) inputs (Zi is X if symmetric)."""
     n, m = len(X), len(Zi)
     K = np.empty((n, m), dtype=np.float64)
     if n == 0 or m == 0:
         return K
     kx, kz = _image_keys(X, None if symmetric else Zi)
     _, _, H, W = X.shape
+    P = H * W
+    npairs = n * (n + 1) // 2 if symmetric else n * m
+    bar = PairProgress(npairs, npairs * float(P * P if gap else P) * (depth - 1),
+                       f"CNTK cpu float64 {H}x{W} depth {depth} {'gap' if gap else 'trace'}", progress)
     per_image = 3 * (depth - 1) * H * W * 8  # packed norms (+ transient L, iL)
     csize = max(1, _CHUNK_BYTES // (2 * per_image))
-    xch = _chunks(n, csize)
-    zch = xch if symmetric else _chunks(m, csize)
-    for ci, (x0, x1) in enumerate(xch):
-        LIX = pack_layer_norms(X[x0:x1], depth)
-        for cj, (z0, z1) in enumerate(zch):
-            if symmetric and cj > ci:
-                break
-            if symmetric and cj == ci:
-                LIZ = LIX
-                ii, jj = np.tril_indices(x1 - x0)
-            else:
-                LIZ = pack_layer_norms(Zi[z0:z1], depth)
-                ii, jj = np.indices((x1 - x0, z1 - z0)).reshape(2, -1)
-            ii = np.ascontiguousarray(ii, dtype=np.int64)
-            jj = np.ascontiguousarray(jj, dtype=np.int64)
-            same = kx[x0 + ii] == kz[z0 + jj]
-            vals = _pairs_kernel(
-                X[x0:x1], Zi[z0:z1], LIX, LIZ, ii, jj, same, depth, gap, fix
-            )
-            K[x0 + ii, z0 + jj] = vals
+    xch = chunks(n, csize)
+    zch = xch if symmetric else chunks(m, csize)
+    try:
+        for ci, (x0, x1) in enumerate(xch):
+            LIX = pack_layer_norms(X[x0:x1], depth)
+            for cj, (z0, z1) in enumerate(zch):
+                if symmetric and cj > ci:
+                    break
+                if symmetric and cj == ci:
+                    LIZ = LIX
+                    ii, jj = np.tril_indices(x1 - x0)
+                else:
+                    LIZ = pack_layer_norms(Zi[z0:z1], depth)
+                    ii, jj = np.indices((x1 - x0, z1 - z0)).reshape(2, -1)
+                ii = np.ascontiguousarray(ii, dtype=np.int64)
+                jj = np.ascontiguousarray(jj, dtype=np.int64)
+                same = kx[x0 + ii] == kz[z0 + jj]
+                for b0, b1 in batches(len(ii), 64 if bar.active else 1):
+                    K[x0 + ii[b0:b1], z0 + jj[b0:b1]] = _pairs_kernel(
+                        X[x0:x1], Zi[z0:z1], LIX, LIZ, ii[b0:b1], jj[b0:b1], same[b0:b1], depth, gap, fix
+                    )
+                    bar.update(b1 - b0)
+    finally:
+        bar.close()
     if symmetric:
         iu = np.triu_indices(n, 1)
         K[iu] = K.T[iu]
