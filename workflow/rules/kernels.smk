@@ -5,7 +5,6 @@ rule kernel_block:
     input:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
-        lib=package_sources("blocks", "data", "kernels"),
     output:
         "results/kernels/{exp}/blocks/{block}.npz",
     log:
@@ -14,14 +13,16 @@ rule kernel_block:
         "results/benchmarks/kernel_block/{exp}/{block}.tsv"
     retries: 1
     conda:
-        "../../envs/kernels.yaml"
-    threads: 8
+        conda_env("kernels", gpu=kernel_on_gpu())
+    threads: kernel_threads()
     resources:
-        gpu=gpu_when(config["kernel"]["backend"]),
+        gpu=int(kernel_on_gpu()),
         runtime=kernel_block_runtime,
         mem_mb=kernel_block_mem_mb,
     params:
+        code=code_hash("kernel_block.py"),
         kernel=kernel_params,
+        backend=run_setting(config["kernel"]["backend"]),
         block_size=config["kernel"]["block_size"],
     script:
         "../../scripts/kernel_block.py"
@@ -31,7 +32,6 @@ rule assemble_kernel:
     input:
         blocks=block_files,
         tasks="results/tasks/{exp}/tasks.npz",
-        lib=package_sources("blocks"),
     output:
         "results/kernels/{exp}/kernel.npz",
     log:
@@ -42,6 +42,7 @@ rule assemble_kernel:
     resources:
         mem_mb=experiment_mem_mb,
     params:
+        code=code_hash("assemble_kernel.py"),
         kernel=kernel_params,
     script:
         "../../scripts/assemble_kernel.py"

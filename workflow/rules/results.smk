@@ -4,7 +4,6 @@
 rule aggregate:
     input:
         metrics=metrics_files(),
-        lib=package_sources("results"),
     output:
         report(
             "results/summary.csv",
@@ -16,6 +15,7 @@ rule aggregate:
     conda:
         "../../envs/results.yaml"
     params:
+        code=code_hash("aggregate.py"),
         config_hash=config_hash(config),
     script:
         "../../scripts/aggregate.py"
@@ -26,7 +26,6 @@ rule figures:
         summary="results/summary.csv",
         kernel=f"results/kernels/{experiment_ids()[-1]}/kernel.npz",
         tasks=f"results/tasks/{experiment_ids()[-1]}/tasks.npz",
-        lib=package_sources("results", "meta"),
     output:
         accuracy=report(
             "results/figures/accuracy.png",
@@ -53,6 +52,7 @@ rule figures:
     resources:
         mem_mb=figures_mem_mb,
     params:
+        code=code_hash("figures.py"),
         mnk=canonical(config["mnk"]),
     script:
         "../../scripts/figures.py"
