@@ -208,8 +208,10 @@ def test_pyproject_dependencies_fit_every_env():
 def env_venv(env: Path) -> Path:
     """A venv with exactly the env's pip section installed, cached by its content."""
     items = [item for item in pip_section(env) if not item.startswith(("--index-url", "--extra-index-url"))]
-    key = hashlib.sha256(json.dumps([items, str(REPO), sys.version, (REPO / "pyproject.toml").read_text()])
-                         .encode()).hexdigest()[:16]
+    import tomllib
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    key = hashlib.sha256(json.dumps([items, str(REPO), sys.version, deps]).encode()).hexdigest()[:16]
     venv = CACHE / f"{env.stem}-{key}"
     if (venv / ".complete").is_file():
         return venv
