@@ -173,3 +173,49 @@ def test_default_profile_sets_no_gpu_limit_without_gpus_or_for_a_cluster(tmp_pat
     assert "GPU-LIMIT None" in run(flow, "-n", "--profile", str(REPO / "profiles" / "slurm"), gpus="0")
     assert "GPU-LIMIT 3" in run(flow, "-n", gpus="0,1,2")
     assert "GPU-LIMIT 5" in run(flow, "-n", "--resources", "gpu=5", gpus="0")  # the command line wins
+
+
+# ------------------------------------------------------------------ which env each job gets
+
+FAKE_CONDA = """#!/bin/sh
+# Stand-in conda: answers what Snakemake asks before it would create envs (conda cannot run here).
+case "$1" in
+  --version) echo "conda 25.1.0";;
+  info) echo '{"conda_prefix": "/nonexistent", "root_prefix": "/nonexistent", "envs_dirs": [], "platform": "linux-64", "conda_version": "25.1.0", "active_prefix": null}';;
+  config) echo '{"get": {"channel_priority": "strict"}}';;
+  *) echo "fake conda cannot: $*" >&2; exit 1;;
+esac
+"""
+
+
+def conda_envs(tmp_path: Path, *args, gpus: str | None) -> set[str]:
+    """The env files `snakemake --use-conda` would use for the whole DAG."""
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "conda").write_text(FAKE_CONDA)
+    (fake / "conda").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = f"{fake}{os.pathsep}{env.get('PATH', '')}"
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus
+    result = subprocess.run([str(BIN / "snakemake"), "--list-conda-envs", "--use-conda", *args], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {line.split()[0] for line in result.stdout.splitlines() if line.startswith("envs/")}
+
+
+CPU = {"envs/data.yaml", "envs/kernels.yaml", "envs/torch.yaml", "envs/results.yaml"}
+
+
+@pytest.mark.slow
+def test_gpu_jobs_get_the_gpu_envs_of_the_chosen_cuda(tmp_path):
+    tiny = ["--configfile", "config/test.yaml"]  # backend auto, device cpu
+    assert conda_envs(tmp_path, *tiny, gpus="") == CPU
+    # auto on a machine with a GPU: the kernel blocks take the CuPy env; device cpu stays CPU
+    assert conda_envs(tmp_path, *tiny, gpus="0") == CPU | {"envs/kernels-cuda12.yaml"}
+    paper = ["--configfile", "config/paper.yaml"]  # backend cuda, device cuda
+    gpu12 = {"envs/kernels-cuda12.yaml", "envs/torch-cuda12.yaml"}
+    # (assemble_kernel keeps the CPU kernels env; aggregate/figures the CPU results env)
+    assert conda_envs(tmp_path, *paper, gpus="") == CPU - {"envs/torch.yaml"} | gpu12
+    assert conda_envs(tmp_path, *paper, "--config", "cuda=13", gpus="0") == (
+        CPU - {"envs/torch.yaml"} | {"envs/kernels-cuda13.yaml", "envs/torch-cuda13.yaml"})
