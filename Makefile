@@ -15,11 +15,24 @@ endif
 
 .PHONY: run test venv venv-nt report dry-run lint clean cost
 
-$(BIN)/.installed: requirements.txt pyproject.toml
+# torch comes first, as one explicit build: the CPU one by default (no CUDA libraries), from a
+# local wheel when pip finds one offline (find-links), else from the PyTorch index of that build.
+# GPU machines: `make venv CUDA=12` (torch +cu126 and CuPy for CUDA 12, drivers >= 525) or
+# `make venv CUDA=13` (+cu130, drivers >= 580); rm -rf .venv first to switch. docs/routes.md.
+CUDA ?=
+TORCH_VERSION := 2.13.0
+TORCH_BUILD := $(if $(filter 12,$(CUDA)),cu126,$(if $(filter 13,$(CUDA)),cu130,cpu))
+TORCH_INDEX ?= https://download.pytorch.org/whl/$(TORCH_BUILD)
+TORCH_SPEC := torch==$(TORCH_VERSION)+$(TORCH_BUILD)
+
+$(BIN)/.installed: requirements.txt pyproject.toml $(if $(CUDA),requirements-cuda$(CUDA).txt)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps --no-index "$(TORCH_SPEC)" 2>/dev/null \
+	  || $(BIN)/pip install --quiet --no-deps --index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -r requirements.txt $(if $(CUDA),-r requirements-cuda$(CUDA).txt)
 	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(BIN)/.installed

@@ -29,7 +29,7 @@ with logged_run(snakemake.log[0], "kernel_block") as log:
 
     X = prepare(block.rows)
     Z = X if block.cols == block.rows else prepare(block.cols)
-    backend = snakemake.config["kernel"]["backend"]  # not in params: it does not change values
+    backend = snakemake.params.backend  # a run setting: it does not change values
     log.info("%s block %s rows %s cols %s, kernel %s", pool.name, block.name, block.rows, block.cols, options)
     if options["type"] == "cntk":
         log.info("CNTK backend: %s", kernels.select_backend(backend))

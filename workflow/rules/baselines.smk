@@ -5,7 +5,6 @@ rule train_meta_learner:
     input:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
-        lib=package_sources("maml", "metrics", "nets"),
     output:
         metrics="results/{method}/{exp}/metrics.json",
         checkpoint="results/{method}/{exp}/checkpoint.pt",
@@ -17,14 +16,15 @@ rule train_meta_learner:
         method="maml|imaml",
     retries: 1
     conda:
-        "../../envs/torch.yaml"
+        conda_env("torch", gpu=on_gpu(config["device"]))
     threads: 1
     resources:
         gpu=gpu_when(config["device"]),
         runtime=meta_learner_runtime,
     params:
+        code=code_hash("train_meta_learner.py"),
         options=lambda wildcards: canonical(config[wildcards.method]["options"]),
         experiment=experiment,
-        device=config["device"],
+        device=run_setting(config["device"]),
     script:
         "../../scripts/train_meta_learner.py"

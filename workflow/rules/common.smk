@@ -3,12 +3,16 @@ import os
 import sys
 from pathlib import Path
 
-SRC_DIR = Path(workflow.basedir).parent / "src"
-# Jobs import the `mnk` package from this checkout (also inside conda envs and on SLURM).
+REPO_DIR = Path(workflow.basedir).parent
+SRC_DIR = REPO_DIR / "src"
+# This process imports `mnk` (block plans, code hashes) from this checkout. Jobs import the
+# `mnk` installed in their own environment: each envs/*.yaml installs this checkout
+# (`-e ${MNK_REPO}`); PYTHONPATH only serves jobs run without conda, from a venv whose
+# `mnk` may come from another checkout (Snakemake drops PYTHONPATH for conda jobs).
 sys.path.insert(0, str(SRC_DIR))
-# (a write, not a required variable: hence update() rather than an envvars directive)
 os.environ.update(
-    PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_DIR), os.getenv("PYTHONPATH")]))
+    MNK_REPO=str(REPO_DIR),
+    PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_DIR), os.getenv("PYTHONPATH")])),
 )
 
 from mnk import (
@@ -104,15 +108,23 @@ def experiment_block_files(wildcards):
     ]
 
 
-def package_sources(*modules):
-    """Source files of `mnk` modules, as inputs: editing the library reruns its users."""
-    files = []
-    for module in ("__init__", "io", "runtime") + modules:
-        path = SRC_DIR / "mnk" / module
-        files += (
-            sorted(map(str, path.glob("*.py"))) if path.is_dir() else [f"{path}.py"]
-        )
-    return files
+def code_hash(script):
+    """`params: code=`: hash of the normalized code behind the rule's script (mnk.codehash).
+
+    Comments, docstrings and mtimes don't change it; a change to code the script runs
+    through does, and the params rerun trigger then reruns the rule."""
+    from mnk.codehash import code_hash as normalized_code_hash
+
+    return normalized_code_hash(str(REPO_DIR / "scripts" / script), str(SRC_DIR))
+
+
+def run_setting(value):
+    """A params value that is not part of a result's identity (backend, device).
+
+    Snakemake leaves params computed from a job's resources out of the provenance it
+    compares for the params rerun trigger (Rule._is_deriving_function), so switching it
+    reruns nothing; the job still receives the value."""
+    return lambda wildcards, resources: value
 
 
 def encoder_input(wildcards):
@@ -188,9 +200,36 @@ def experiment_mem_mb(wildcards, attempt):
     return kernel_matrix_mem_mb(wildcards.exp, attempt)
 
 
-def gpu_when(device):
-    """`resources: gpu=` for a rule that runs on `device` (SLURM then requests one)."""
-    return 1 if device == "cuda" else 0
+def run_gpus():
+    """GPUs this run may give to jobs: `resources: gpu=N` (the default profile sets the
+    GPUs of this machine; unset, e.g. on a cluster, this is 0)."""
+    return workflow.global_resources.get("gpu").value or 0
+
+
+def on_gpu(setting):
+    """Whether jobs set to `setting` (cuda | auto | cpu) run on a GPU: `auto` does when
+    the run has GPUs (run_gpus). On a cluster, say `cuda` to get GPUs."""
+    return setting == "cuda" or (setting == "auto" and run_gpus() > 0)
+
+
+def kernel_on_gpu():
+    return config["kernel"]["type"] == "cntk" and on_gpu(config["kernel"]["backend"])
+
+
+def gpu_when(setting):
+    """`resources: gpu=` for a rule that runs on `setting` (SLURM then requests one)."""
+    return 1 if on_gpu(setting) else 0
+
+
+def conda_env(family, gpu):
+    """envs/<family>.yaml, or its CUDA build envs/<family>-cuda<config cuda>.yaml on a GPU."""
+    suffix = f"-cuda{config['cuda']}" if gpu else ""
+    return f"../../envs/{family}{suffix}.yaml"
+
+
+def kernel_threads():
+    """The numba CPU backend uses 8 threads; the CUDA backend needs one core to feed it."""
+    return 2 if kernel_on_gpu() else 8
 
 
 def meta_learner_runtime(wildcards, attempt):

@@ -20,7 +20,6 @@ rule download_omniglot:
 rule preprocess_omniglot:
     input:
         archives=expand("results/data/raw/{archive}.zip", archive=ARCHIVES),
-        lib=package_sources("data", "omniglot"),
     output:
         "results/data/omniglot.npz",
     log:
@@ -30,6 +29,7 @@ rule preprocess_omniglot:
     conda:
         "../../envs/data.yaml"
     params:
+        code=code_hash("preprocess_omniglot.py"),
         image_size=config["data"]["image_size"],
         resample=config["data"]["resample"],
     script:
@@ -39,7 +39,6 @@ rule preprocess_omniglot:
 rule make_tasks:
     input:
         data="results/data/omniglot.npz",
-        lib=package_sources("tasks"),
     output:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
@@ -48,6 +47,7 @@ rule make_tasks:
     conda:
         "../../envs/data.yaml"
     params:
+        code=code_hash("make_tasks.py"),
         spec=task_spec,
     script:
         "../../scripts/make_tasks.py"

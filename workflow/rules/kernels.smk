@@ -5,7 +5,6 @@
 rule make_pool:
     input:
         data="results/data/omniglot.npz",
-        lib=package_sources("tasks"),
     output:
         pool="results/tasks/{pool}/pool.npz",
         images="results/tasks/{pool}/images.npz",
@@ -14,6 +13,7 @@ rule make_pool:
     conda:
         "../../envs/data.yaml"
     params:
+        code=code_hash("make_pool.py"),
         spec=pool_spec,
     script:
         "../../scripts/make_pool.py"
@@ -23,7 +23,6 @@ rule kernel_block:
     input:
         pool="results/tasks/{pool}/pool.npz",
         images="results/tasks/{pool}/images.npz",
-        lib=package_sources("blocks", "plan", "tasks", "kernels"),
     output:
         "results/kernels/{pool}/blocks/{block}.npz",
     log:
@@ -32,16 +31,18 @@ rule kernel_block:
         "results/benchmarks/kernel_block/{pool}/{block}.tsv"
     retries: 1
     conda:
-        "../../envs/kernels.yaml"
-    threads: 8
+        conda_env("kernels", gpu=kernel_on_gpu())
+    threads: kernel_threads()
     resources:
-        gpu=gpu_when(config["kernel"]["backend"]),
+        gpu=int(kernel_on_gpu()),
         runtime=kernel_block_runtime,
         mem_mb=kernel_block_mem_mb,
     params:
         pool=pool_params,
         block=block_params,
         identity=plan.kernel_identity(config),
+        code=code_hash("kernel_block.py"),
+        backend=run_setting(config["kernel"]["backend"]),
     script:
         "../../scripts/kernel_block.py"
 
@@ -51,7 +52,6 @@ rule assemble_kernel:
         blocks=experiment_block_files,
         pool=pool_file("pool.npz"),
         tasks="results/tasks/{exp}/tasks.npz",
-        lib=package_sources("blocks", "plan", "tasks"),
     output:
         "results/kernels/{exp}/kernel.npz",
     log:
@@ -65,5 +65,6 @@ rule assemble_kernel:
         pool=pool_params,
         n_characters=lambda wildcards: experiment(wildcards)["n_characters"],
         identity=plan.kernel_identity(config),
+        code=code_hash("assemble_kernel.py"),
     script:
         "../../scripts/assemble_kernel.py"

@@ -5,7 +5,6 @@ rule train_encoder:
     input:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
-        lib=package_sources("encoder"),
     output:
         "results/encoder/{exp}/encoder.pt",
     log:
@@ -13,14 +12,15 @@ rule train_encoder:
     benchmark:
         "results/benchmarks/train_encoder/{exp}.tsv"
     conda:
-        "../../envs/torch.yaml"
+        conda_env("torch", gpu=on_gpu(config["device"]))
     threads: 2
     resources:
         gpu=gpu_when(config["device"]),
     params:
+        code=code_hash("train_encoder.py"),
         encoder=canonical(config["encoder"]),
         seed=lambda wildcards: experiment(wildcards)["seed"],
-        device=config["device"],
+        device=run_setting(config["device"]),
     script:
         "../../scripts/train_encoder.py"
 
@@ -31,7 +31,6 @@ rule solve_mnk:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
         encoder=encoder_input,
-        lib=package_sources("meta", "metrics", "encoder", "targets", "study"),
     output:
         metrics="results/mnk/{exp}/metrics.json",
         predictions="results/mnk/{exp}/predictions.npz",
@@ -42,16 +41,17 @@ rule solve_mnk:
         "results/benchmarks/solve_mnk/{exp}.tsv"
     retries: 1
     conda:
-        "../../envs/torch.yaml"
+        conda_env("torch", gpu=on_gpu(config["device"]))
     threads: 2
     resources:
         gpu=gpu_when(config["device"]),
         mem_mb=experiment_mem_mb,
     params:
+        code=code_hash("solve_mnk.py"),
         mnk=canonical(config["mnk"]),
         kernel=kernel_params,
         experiment=experiment,
-        device=config["device"],
+        device=run_setting(config["device"]),
     script:
         "../../scripts/solve_mnk.py"
 
@@ -60,7 +60,6 @@ rule solve_baseline:
     input:
         unpack(baseline_inputs),
         tasks="results/tasks/{exp}/tasks.npz",
-        lib=package_sources("meta", "metrics", "encoder", "targets", "study"),
     output:
         metrics="results/{method}/{exp}/metrics.json",
         predictions="results/{method}/{exp}/predictions.npz",
@@ -71,16 +70,17 @@ rule solve_baseline:
     wildcard_constraints:
         method="|".join(BASELINES),
     conda:
-        "../../envs/torch.yaml"
+        conda_env("torch", gpu=on_gpu(config["device"]))
     threads: 1
     resources:
         gpu=gpu_when(config["device"]),
         mem_mb=experiment_mem_mb,
     params:
+        code=code_hash("solve_baseline.py"),
         mnk=canonical(config["mnk"]),
         encoder=canonical(config["encoder"]),
         kernel=kernel_params,
         experiment=experiment,
-        device=config["device"],
+        device=run_setting(config["device"]),
     script:
         "../../scripts/solve_baseline.py"

@@ -4,7 +4,6 @@
 rule aggregate:
     input:
         metrics=metrics_files(),
-        lib=package_sources("results"),
     output:
         summary=report(
             "results/summary.csv",
@@ -22,6 +21,7 @@ rule aggregate:
     conda:
         "../../envs/results.yaml"
     params:
+        code=code_hash("aggregate.py"),
         config_hash=config_hash(config),
     script:
         "../../scripts/aggregate.py"
@@ -33,7 +33,6 @@ rule figures:
         per_task="results/per_task.csv",
         paired="results/paired.csv",
         heatmap=f"results/mnk/{experiment_ids()[-1]}/heatmap.npz",
-        lib=package_sources("results"),
     output:
         accuracy=report(
             "results/figures/accuracy.png",
@@ -63,5 +62,7 @@ rule figures:
         "logs/figures.log",
     conda:
         "../../envs/results.yaml"
+    params:
+        code=code_hash("figures.py"),
     script:
         "../../scripts/figures.py"

@@ -39,11 +39,11 @@ def _cuda_module():
     except ImportError as exc:
         return None, f"mnk.kernels.cntk_cuda not importable ({exc})"
     try:
-        ok = bool(cntk_cuda.cuda_available())
+        why = cntk_cuda.cuda_unavailable_reason()
     except Exception as exc:  # a broken driver must not break the CPU path
         return None, f"cuda_available() failed ({type(exc).__name__}: {exc})"
-    if not ok:
-        return None, "cuda_available() is False"
+    if why:
+        return None, f"cuda_available() is False: {why}"
     return cntk_cuda, ""
 
 

@@ -45,7 +45,7 @@ Measured (H200, 2026-11-26, ``benchmarks/bench_cntk_gpu.py``): 33 us per pair at
 depth 20, gap (54x the per-layer CuPy baseline, 1.2x the operation-count floor); a
 symmetric Gram of 2,000 such images end to end in 64 s.
 
-Public: :func:`cuda_available`, :func:`cntk_gram_cuda`, :func:`supports_shape`,
+Public: :func:`cuda_available` (why not: :func:`cuda_unavailable_reason`), :func:`cntk_gram_cuda`, :func:`supports_shape`,
 :func:`diag_layers`.  The CUDA source is the string :data:`KERNEL_SOURCE` (compiled by NVRTC
 through CuPy at first use, one module per image size, cached per process).
 """
@@ -60,7 +60,7 @@ import numpy as np
 
 from mnk.kernels._validate import as_image_pair, check_depth, image_keys as _image_keys
 
-__all__ = ["cuda_available", "cntk_gram_cuda", "supports_shape", "diag_layers", "KERNEL_SOURCE", "MAX_SIDE"]
+__all__ = ["cuda_available", "cuda_unavailable_reason", "cntk_gram_cuda", "supports_shape", "diag_layers", "KERNEL_SOURCE", "MAX_SIDE"]
 
 log = logging.getLogger(__name__)
 
@@ -309,14 +309,46 @@ DEFAULT_VARIANT = {"ACOS_POLY": 1, "warps": 4, "trace_double": True}
 
 
 @functools.lru_cache(maxsize=1)
-def cuda_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device; never raises."""
+def cuda_unavailable_reason() -> str:
+    """Why the CUDA backend cannot run here ("" when it can); never raises.
+
+    Checked in order: CuPy importable, an NVIDIA driver, a driver for CUDA at least as new as
+    the major version CuPy was built for, at least one visible device."""
     try:
         import cupy
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a CUDA library failing to load
+        return (f"CuPy is not importable ({type(exc).__name__}: {exc}); with --use-conda the GPU jobs "
+                "use envs/kernels-cuda12.yaml (config `cuda: 12|13`), else pip install 'cupy-cuda12x[ctk]'")
+    runtime = cupy.cuda.runtime
+    try:
+        driver = int(runtime.driverGetVersion())
+    except Exception as exc:  # noqa: BLE001
+        return f"no usable NVIDIA driver ({type(exc).__name__}: {exc})"
+    if driver == 0:
+        return "no NVIDIA driver (CuPy imports, but the CUDA driver API reports none)"
+    try:
+        built = int(runtime.runtimeGetVersion())
+    except Exception:  # noqa: BLE001 - older CuPy: skip the version comparison
+        built = 0
+    if driver // 1000 < built // 1000:
+        return (f"the NVIDIA driver is too old: it supports CUDA {driver // 1000}.{driver % 1000 // 10}, "
+                f"CuPy is built for CUDA {built // 1000}.{built % 1000 // 10} (update the driver, or use a "
+                "CuPy for an older CUDA, e.g. config `cuda: 12`)")
+    try:
+        count = int(runtime.getDeviceCount())
+    except Exception as exc:  # noqa: BLE001 - cudaErrorNoDevice, cudaErrorInsufficientDriver, ...
+        return f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    if count == 0:
+        import os
 
-        return int(cupy.cuda.runtime.getDeviceCount()) > 0
-    except Exception:  # noqa: BLE001 - any failure means "no usable GPU"
-        return False
+        return f"no CUDA device visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')})"
+    return ""
+
+
+def cuda_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device; never raises.
+    Why not: :func:`cuda_unavailable_reason`."""
+    return not cuda_unavailable_reason()
 
 
 def supports_shape(H: int, W: int) -> bool:
