@@ -1,24 +1,26 @@
 r"""float32 CNTK on the CPU: vectorised numba, parallel over (pair, row offset) items.
 
 Same kernel as :mod:`mnk.kernels.cntk_cpu` (definition there), computed in float32 with
-the final sums in float64.  Relative error against the float64 path: ~1e-7 with global
-average pooling, ~1e-6 for the trace at depth 20 on Omniglot strokes
-(``tests/test_cntk_cpu_float32.py``; BENCHMARKS.md has the measured numbers).
+the final sums in float64.  Relative error against the float64 path on real Omniglot
+strokes: <= 3e-7 at depth 20 and <= 3e-6 at depth 50, with and without global average
+pooling (``tests/test_cntk_cpu_float32.py`` asserts 1e-5 and 1e-4; BENCHMARKS.md).
 
 Layout (why it vectorises)
 --------------------------
 With global average pooling the 4-D recursion on ``Sigma(p, q)`` couples an entry only to
 ``(p + d, q + d)``.  For a row offset ``a = q_y - p_y`` one *item* holds every entry with
-that row offset as a 3-D array ``[u, v, lane]``: ``u`` the row of ``p`` (``h = H - |a|``
-rows), ``v`` the column of ``p``, ``lane = 1 + q_x`` the column of ``q``, innermost and
-contiguous (``L >= W + 2`` lanes, zero guard lanes).  All ``W x W`` column pairs are valid,
-so nothing is wasted, and the 3x3 box filter ``B`` is two flat, separable passes over the
-whole array with constant shifts ``L + 1`` (``v`` and ``q_x`` move together) and
-``(W + 2) L`` (one row).  The ReLU step is one loop over the lanes for each ``(u, v)``:
-``x``'s norms are scalars there and ``z``'s are the lane vector of row ``u + a``.  Guard
-lanes and guard columns have norm 0, and the step maps entries with ``lx lz = 0`` to
-exactly 0 (they are 0 in the exact recursion: Sigma and Theta vanish where a variance
-does), so no masks are needed.  An item's arrays (~100 KB each at 28x28) stay in L2.
+that row offset as ``[u, v, (Sigma, Theta), lane]``: ``u`` the row of ``p`` (``h = H - |a|``
+rows), ``v`` the column of ``p``, ``lane`` the column of ``q``, innermost and contiguous
+(``L >= W + 1`` lanes, rounded up to 8; lanes ``W..L-1`` are zero guards).  All ``W x W``
+column pairs are valid, so little is wasted, and the 3x3 box filter ``B`` is two flat,
+separable passes with constant shifts: ``2 L + 1`` along a row (``v`` and ``q_x`` move
+together; a shifted lane 0 lands on a guard lane) and one row.  The layers are one sweep
+over the rows each: vertical half of ``B`` into a row buffer (L1), the ReLU step in place
+(one loop over the lanes per ``v``: ``x``'s norms are scalars there, ``z``'s the lane
+vector of row ``u + a``), horizontal half of the next ``B`` into the other of two
+row-summed buffers (L2).  Guard lanes have norm 0 and the step maps entries with
+``lx lz = 0`` to exactly 0 (they are 0 in the exact recursion: Sigma and Theta vanish where
+a variance does); columns with ``lx = 0`` are skipped.
 
 The trace (``gap=False``) needs only the zero-offset entries: there the lanes are up to
 :data:`TRACE_LANES` different ``z`` images of one pair row, in the same code.
