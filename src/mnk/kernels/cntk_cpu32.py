@@ -121,13 +121,16 @@ def layer_norms_f32(D: np.ndarray, scaled: bool):
 
 
 @njit(**_STEP_FLAGS)
-def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
+def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
     """The ReLU step (module docstring) in place on one row of an item.
 
-    rb: row buffer (W+6, 2, L) of (Sigma, Theta), column v1 at rb[v1 + 2]; ``last``:
-    rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W+2), zn_l (2, H, Wz, L): this layer's norms;
-    z's column at ``v1 * zsel``.
+    rb: row buffer (W+4, 2, L) of (Sigma, Theta), column v1 at rb[v1 + 2]; ``last``:
+    rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W), zn_l (2, H, Wz, L): this layer's norms;
+    z's column at ``v1 * zsel``.  ``first``/``last`` are compile-time constants (one
+    specialisation each, no branch in the loop); after the first layer Sigma >= 0, so c >= 0.
     """
+    numba.literally(first)
+    numba.literally(last)
     W2 = xn_l.shape[2]
     L = rb.shape[2]
     for v1 in range(W2):
@@ -145,7 +148,7 @@ def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
             tk = rb[r, 1, k]
             lxz = lxs * zn_l[0, zr, zc, k]
             c = sk * (ilx * zn_l[1, zr, zc, k])
-            u = _ONE - abs(c)
+            u = _ONE - (abs(c) if first else c)
             u = u if u > SNAP else _ZERO
             s1 = math.sqrt(u)
             p = _G6
@@ -156,7 +159,9 @@ def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
             p = p * u + _G1
             p = p * u + _G0
             thk = s1 * p
-            pmk = thk if c < _ZERO else _NINTH - thk
+            pmk = _NINTH - thk
+            if first:
+                pmk = thk if c < _ZERO else pmk
             pmk = pmk if lxz > _ZERO else _ZERO
             q = _Q6
             q = q * u + _Q5
@@ -232,7 +237,16 @@ def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
         hb = HB[cur]
         for u in range(h):
             _vsum(hb[u].reshape(-1), hb[u + 1].reshape(-1), hb[u + 2].reshape(-1), rf, L)
-            _relu_row(rb, xn[layer], zn[layer], xr0 + u, zr0 + u, zsel, last, fixf)
+            xl, zl, xr, zr = xn[layer], zn[layer], xr0 + u, zr0 + u
+            if layer == 0:
+                if last:
+                    _relu_row(rb, xl, zl, xr, zr, zsel, fixf, True, True)
+                else:
+                    _relu_row(rb, xl, zl, xr, zr, zsel, fixf, True, False)
+            elif last:
+                _relu_row(rb, xl, zl, xr, zr, zsel, fixf, False, True)
+            else:
+                _relu_row(rb, xl, zl, xr, zr, zsel, fixf, False, False)
             if last:
                 for v1 in range(W2):
                     for k in range(L):
