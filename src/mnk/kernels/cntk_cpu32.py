@@ -179,7 +179,7 @@ def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
                 rb[r, 1, k] = tn
 
 
-@njit(**_FLAGS)
+@njit(inline="always", **_FLAGS)
 def _hsum(rf, out, L, sh):
     """Horizontal half of the box filter on a row: out[k] = rf[o+k-sh] + rf[o+k] + rf[o+k+sh],
     o = 4 L (two guard columns of (Sigma, Theta) lane vectors before the row)."""
@@ -192,7 +192,7 @@ def _hsum(rf, out, L, sh):
         out[k] = a0[k] + a1[k] + a2[k]
 
 
-@njit(**_FLAGS)
+@njit(inline="always", **_FLAGS)
 def _vsum(h0, h1, h2, rf, L):
     """Vertical half of the box filter into the row buffer: rf[4L+k] = h0[k] + h1[k] + h2[k]."""
     n = h1.shape[0]
