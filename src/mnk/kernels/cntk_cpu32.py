@@ -15,7 +15,7 @@ rows), ``v`` the column of ``p``, ``lane`` the column of ``q``, innermost and co
 column pairs are valid, so little is wasted, and the 3x3 box filter ``B`` is two flat,
 separable passes with constant shifts: ``2 L + 1`` along a row (``v`` and ``q_x`` move
 together; a shifted lane 0 lands on a guard lane) and one row.  The layers are one sweep
-over the rows each: vertical half of ``B`` into a row buffer (L1), the ReLU step in place
+over the rows each: vertical half of ``B`` fused with the ReLU step into a row buffer (L1)
 (one loop over the lanes per ``v``: ``x``'s norms are scalars there, ``z``'s the lane
 vector of row ``u + a``), horizontal half of the next ``B`` into the other of two
 row-summed buffers (L2).  Guard lanes have norm 0 and the step maps entries with
@@ -121,10 +121,12 @@ def layer_norms_f32(D: np.ndarray, scaled: bool):
 
 
 @njit(**_STEP_FLAGS)
-def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
-    """The ReLU step (module docstring) in place on one row of an item.
+def _relu_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
+    """Vertical half of the box filter fused with the ReLU step (module docstring), one row.
 
-    rb: row buffer (W+4, 2, L) of (Sigma, Theta), column v1 at rb[v1 + 2]; ``last``:
+    hb (H+2, W, 2, L): the row-summed (Sigma, Theta) of this layer, item row ``ur`` reads
+    rows ur..ur+2 (one array: few run-time alias checks, so the loop vectorises);
+    rb: row buffer (W+4, 2, L) for the results, column v1 at rb[v1 + 2]; ``last``:
     rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W), zn_l (2, H, Wz, L): this layer's norms;
     z's column at ``v1 * zsel``.  ``first``/``last`` are compile-time constants (one
     specialisation each, no branch in the loop); after the first layer Sigma >= 0, so c >= 0.
@@ -144,8 +146,8 @@ def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
             continue
         zc = v1 * zsel
         for k in range(L):
-            sk = rb[r, 0, k]
-            tk = rb[r, 1, k]
+            sk = hb[ur, v1, 0, k] + hb[ur + 1, v1, 0, k] + hb[ur + 2, v1, 0, k]
+            tk = hb[ur, v1, 1, k] + hb[ur + 1, v1, 1, k] + hb[ur + 2, v1, 1, k]
             lxz = lxs * zn_l[0, zr, zc, k]
             c = sk * (ilx * zn_l[1, zr, zc, k])
             u = _ONE - (abs(c) if first else c)
@@ -192,15 +194,6 @@ def _hsum(rf, out, L, sh):
         out[k] = a0[k] + a1[k] + a2[k]
 
 
-@njit(inline="always", **_FLAGS)
-def _vsum(h0, h1, h2, rf, L):
-    """Vertical half of the box filter into the row buffer: rf[4L+k] = h0[k] + h1[k] + h2[k]."""
-    n = h1.shape[0]
-    o = rf[4 * L : 4 * L + n]
-    for k in range(n):
-        o[k] = h0[k] + h1[k] + h2[k]
-
-
 @njit(**_FLAGS)
 def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
     """All layers of one item (module docstring), one sweep over the rows per layer.
@@ -236,17 +229,16 @@ def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
         last = layer == depth - 2
         hb = HB[cur]
         for u in range(h):
-            _vsum(hb[u].reshape(-1), hb[u + 1].reshape(-1), hb[u + 2].reshape(-1), rf, L)
             xl, zl, xr, zr = xn[layer], zn[layer], xr0 + u, zr0 + u
             if layer == 0:
                 if last:
-                    _relu_row(rb, xl, zl, xr, zr, zsel, fixf, True, True)
+                    _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, True)
                 else:
-                    _relu_row(rb, xl, zl, xr, zr, zsel, fixf, True, False)
+                    _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, False)
             elif last:
-                _relu_row(rb, xl, zl, xr, zr, zsel, fixf, False, True)
+                _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, True)
             else:
-                _relu_row(rb, xl, zl, xr, zr, zsel, fixf, False, False)
+                _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, False)
             if last:
                 for v1 in range(W2):
                     for k in range(L):
