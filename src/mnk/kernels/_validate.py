@@ -26,13 +26,18 @@ def _check_finite(A: np.ndarray, name: str) -> None:
         )
 
 
-def as_images(A, name: str) -> np.ndarray:
-    """Return ``A`` as a C-contiguous float64 array (n, C, H, W); (n, H, W) gets C = 1."""
+def _real_array(A, name: str) -> np.ndarray:
     A = np.asarray(A)
     if A.dtype == object or not (np.issubdtype(A.dtype, np.number) or A.dtype == np.bool_):
         raise ValueError(f"{name} must be a numeric array, got dtype {A.dtype}")
     if np.iscomplexobj(A):
         raise ValueError(f"{name} must be real, got dtype {A.dtype}")
+    return A
+
+
+def as_images(A, name: str) -> np.ndarray:
+    """Return ``A`` as a C-contiguous float64 array (n, C, H, W); (n, H, W) gets C = 1."""
+    A = _real_array(A, name)
     if A.ndim == 3:
         A = A[:, None, :, :]
     elif A.ndim != 4:
@@ -50,11 +55,7 @@ def as_images(A, name: str) -> np.ndarray:
 
 def as_vectors(A, name: str) -> np.ndarray:
     """Return ``A`` flattened to a C-contiguous float64 array (n, d)."""
-    A = np.asarray(A)
-    if A.dtype == object or not (np.issubdtype(A.dtype, np.number) or A.dtype == np.bool_):
-        raise ValueError(f"{name} must be a numeric array, got dtype {A.dtype}")
-    if np.iscomplexobj(A):
-        raise ValueError(f"{name} must be real, got dtype {A.dtype}")
+    A = _real_array(A, name)
     if A.ndim < 2:
         raise ValueError(f"{name} must have shape (n, ...) with at least 2 dims, got shape {A.shape}")
     A = np.ascontiguousarray(A.reshape(A.shape[0], -1), dtype=np.float64)

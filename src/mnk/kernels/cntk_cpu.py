@@ -237,6 +237,7 @@ def _relu_rows(S, T, LIx, LIz, h, w, P, W, HW, offx, offz, force):
             srow[v] = bs
 
 
+# (A near-copy of _relu_rows on purpose: one function with a `last` flag measured 7% slower.)
 @njit(cache=True, fastmath=False, error_model="numpy")
 def _relu_rows_last(S, T, LIx, LIz, h, w, P, W, HW, offx, offz, force, fixf):
     """The last ReLU step: S <- T D~ + S~ - fixf S~ (fixf = 1 with fixed layers, else 0)."""

@@ -153,6 +153,7 @@ def _relu_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
             u = _ONE - (abs(c) if first else c)
             u = u if u > SNAP else _ZERO
             s1 = math.sqrt(u)
+            # two degree-6 Horner chains written out (the same shape twice): they vectorise
             p = _G6
             p = p * u + _G5
             p = p * u + _G4

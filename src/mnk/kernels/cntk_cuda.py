@@ -56,9 +56,12 @@ import functools
 import logging
 import math
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from mnk.kernels._validate import as_image_pair, check_depth, image_keys as _image_keys
+from mnk.progress import progress_bar
 
 __all__ = ["cuda_available", "cuda_unavailable_reason", "cntk_gram_cuda", "supports_shape", "diag_layers", "KERNEL_SOURCE", "MAX_SIDE"]
 
@@ -283,6 +286,7 @@ __device__ __forceinline__ void cntk_body(
     }
 }
 
+// Two entry points of one template (the same shape twice): extern "C" names cannot be templates.
 extern "C" __global__ void __launch_bounds__(MAXWARPS * 32)
 cntk_fused(const real* __restrict__ X, const real* __restrict__ Z2,
            const real2* __restrict__ DX, const real2* __restrict__ DZ2,
@@ -483,87 +487,63 @@ def cntk_gram_cuda(
                  trace_double=bool(var["trace_double"]))
 
 
-def _gram(X, Z, *, depth, gap, fix, chunk_pairs, progress, warps, poison, xp, kernels, trace_double=True):
-    """Backend-neutral driver: ``xp`` is CuPy (or NumPy with an emulated kernel in tests);
-    ``kernels(H, W, use_double)`` returns the (plain, self) launchable kernels."""
-    depth = check_depth(depth)
-    gap = bool(gap)
-    fix = bool(fix)
-    X, Zi, symmetric = as_image_pair(X, Z)
-    n, m = len(X), len(Zi)
-    K = np.empty((n, m), dtype=np.float64)
-    if n == 0 or m == 0:
-        return K
-    _, C, H, W = X.shape
+@dataclass(frozen=True)
+class _Launch:
+    """What every launch of one Gram computation shares (prepared images, geometry)."""
+
+    px: "_Prepared"
+    pz: "_Prepared"
+    xp: object
+    ntiles: int
+    tpw: int  # items (tiles) per warp
+    warps: int
+    channels: int
+    depth: int
+    fix: bool
+    norm: float
+    poison: bool
+
+    def __call__(self, kfun, pi, pj):
+        """Kernel values of the pairs (pi, pj): one launch, tiles summed, scaled back."""
+        xp = self.xp
+        npairs = int(pi.shape[0])
+        nitems = npairs * self.ntiles
+        partial = xp.empty(nitems, dtype=xp.float64)
+        if self.poison:
+            partial.fill(np.nan)
+        nwarps = -(-nitems // self.tpw)  # ceiling divisions
+        blocks = -(-nwarps // self.warps)
+        args = (self.px.img, self.pz.img, self.px.diag, self.pz.diag,
+                xp.ascontiguousarray(pi, dtype=xp.int32), xp.ascontiguousarray(pj, dtype=xp.int32),
+                np.int64(nitems), np.int32(self.ntiles), np.int32(self.channels), np.int32(self.depth),
+                np.int32(int(self.fix)), partial)
+        kfun((blocks,), (32 * self.warps,), args)
+        return partial.reshape(npairs, self.ntiles).sum(axis=1) * self.norm
+
+
+def _check_shape(H: int, W: int, warps: int) -> None:
     if not supports_shape(H, W):
         raise NotImplementedError(
             f"cntk_gram_cuda handles images up to {MAX_SIDE}x{MAX_SIDE} (got {H}x{W}); use the CPU backend"
         )
     if not 1 <= warps <= 8:
         raise ValueError(f"warps per block must be in 1..8, got {warps}")
-    kx, kz = _image_keys(X, None if symmetric else Zi)
 
-    # The CNTK is homogeneous of degree 2 in the input scale: work at unit scale so that
-    # float32 neither overflows nor underflows, and scale the result back in float64.
-    s = max(float(np.max(np.abs(X))), 0.0 if symmetric else float(np.max(np.abs(Zi))))
-    if s == 0.0:
-        K[:] = 0.0
-        return K
-    Xs = X / s
-    Zs = Xs if symmetric else Zi / s
 
-    # gap=False needs only the zero-offset tile (P entries per layer, not P^2): there the
-    # float32 rounding floor of the correlation (~1e-5 relative on stroke images, since
-    # the trace does not average over offsets) is not worth it, and float64 costs nothing.
-    use_double = (not gap) and trace_double
-    kern, kern_self = kernels(H, W, use_double)
-    dtype = xp.float64 if use_double else xp.float32
-    px = _Prepared(Xs, depth, xp, doubled=False, scale=1.0 / (9.0 * math.pi), dtype=dtype)
-    pz = _Prepared(Zs, depth, xp, doubled=True, scale=1.0, dtype=dtype)
-
-    P = H * W
-    ntiles = P if gap else 1
-    norm = (s * s) / (float(P) * float(P)) if gap else s * s
-    tpw = 32 // W
-    if chunk_pairs is None:
-        chunk_pairs = max(1, _PARTIAL_BYTES // (8 * ntiles))
-    chunk_pairs = int(chunk_pairs)
+def _chunk_size(chunk_pairs, ntiles: int) -> int:
+    chunk_pairs = max(1, _PARTIAL_BYTES // (8 * ntiles)) if chunk_pairs is None else int(chunk_pairs)
     if chunk_pairs < 1:
         raise ValueError("chunk_pairs must be >= 1")
+    return chunk_pairs
 
-    def launch(kfun, pi, pj):
-        npairs = int(pi.shape[0])
-        nitems = npairs * ntiles
-        partial = xp.empty(nitems, dtype=xp.float64)
-        if poison:
-            partial.fill(np.nan)
-        nwarps = -(-nitems // tpw)
-        blocks = -(-nwarps // warps)
-        kfun(
-            (blocks,),
-            (32 * warps,),
-            (
-                px.img, pz.img, px.diag, pz.diag,
-                xp.ascontiguousarray(pi, dtype=xp.int32), xp.ascontiguousarray(pj, dtype=xp.int32),
-                np.int64(nitems), np.int32(ntiles), np.int32(C), np.int32(depth), np.int32(int(fix)),
-                partial,
-            ),
-        )
-        return partial.reshape(npairs, ntiles).sum(axis=1) * norm
 
-    Kd = xp.empty((n, m), dtype=xp.float64)
-    if poison:
-        Kd.fill(np.nan)
-
-    # main pairs: strict lower triangle (symmetric) or all pairs (cross)
+def _main_pairs(launch: _Launch, kern, Kd, n: int, m: int, symmetric: bool, chunk_pairs: int, progress, desc):
+    """All pairs but identical images: the strict lower triangle (symmetric) or all of n x m."""
+    xp = launch.xp
     total = n * (n - 1) // 2 if symmetric else n * m
     starts = list(range(0, total, chunk_pairs))
     show = (len(starts) > 4) if progress is None else bool(progress)
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, unit="pair", desc=f"CNTK cuda {H}x{W} depth {depth}", smoothing=0.1)
+    bar = progress_bar(total, desc, unit="pair") if show else None
     for k0 in starts:
         k1 = min(total, k0 + chunk_pairs)
         if symmetric:
@@ -579,7 +559,10 @@ def _gram(X, Z, *, depth, gap, fix, chunk_pairs, progress, warps, poison, xp, ke
     if bar is not None:
         bar.close()
 
-    # identical images (the diagonal, duplicates): correlation forced to 1 on p == q
+
+def _identical_pairs(launch: _Launch, kern_self, Kd, kx, kz, symmetric: bool, chunk_pairs: int):
+    """Identical images (the diagonal, duplicates): correlation forced to 1 on p == q."""
+    xp = launch.xp
     pos: dict[int, list[int]] = {}
     for j, key in enumerate(kz):
         pos.setdefault(int(key), []).append(j)
@@ -591,6 +574,47 @@ def _gram(X, Z, *, depth, gap, fix, chunk_pairs, progress, warps, poison, xp, ke
         pj = xp.asarray(sj[a : a + chunk_pairs], dtype=xp.int32)
         Kd[pi, pj] = launch(kern_self, pi, pj)
 
+
+def _gram(X, Z, *, depth, gap, fix, chunk_pairs, progress, warps, poison, xp, kernels, trace_double=True):
+    """Backend-neutral driver: ``xp`` is CuPy (or NumPy with an emulated kernel in tests);
+    ``kernels(H, W, use_double)`` returns the (plain, self) launchable kernels."""
+    depth, gap, fix = check_depth(depth), bool(gap), bool(fix)
+    X, Zi, symmetric = as_image_pair(X, Z)
+    n, m = len(X), len(Zi)
+    if n == 0 or m == 0:
+        return np.empty((n, m), dtype=np.float64)
+    _, C, H, W = X.shape
+    _check_shape(H, W, warps)
+    kx, kz = _image_keys(X, None if symmetric else Zi)
+
+    # The CNTK is homogeneous of degree 2 in the input scale: work at unit scale so that
+    # float32 neither overflows nor underflows, and scale the result back in float64.
+    s = max(float(np.max(np.abs(X))), 0.0 if symmetric else float(np.max(np.abs(Zi))))
+    if s == 0.0:
+        return np.zeros((n, m), dtype=np.float64)
+    Xs = X / s
+    Zs = Xs if symmetric else Zi / s
+
+    # gap=False needs only the zero-offset tile (P entries per layer, not P^2): there the
+    # float32 rounding floor of the correlation (~1e-5 relative on stroke images, since
+    # the trace does not average over offsets) is not worth it, and float64 costs nothing.
+    use_double = (not gap) and trace_double
+    kern, kern_self = kernels(H, W, use_double)
+    dtype = xp.float64 if use_double else xp.float32
+    P = H * W
+    ntiles = P if gap else 1
+    launch = _Launch(
+        px=_Prepared(Xs, depth, xp, doubled=False, scale=1.0 / (9.0 * math.pi), dtype=dtype),
+        pz=_Prepared(Zs, depth, xp, doubled=True, scale=1.0, dtype=dtype),
+        xp=xp, ntiles=ntiles, tpw=32 // W, warps=warps, channels=C, depth=depth, fix=fix,
+        norm=(s * s) / (float(P) * float(P)) if gap else s * s, poison=poison,
+    )
+    chunk_pairs = _chunk_size(chunk_pairs, ntiles)
+    Kd = xp.empty((n, m), dtype=xp.float64)
+    if poison:
+        Kd.fill(np.nan)
+    _main_pairs(launch, kern, Kd, n, m, symmetric, chunk_pairs, progress, f"CNTK cuda {H}x{W} depth {depth}")
+    _identical_pairs(launch, kern_self, Kd, kx, kz, symmetric, chunk_pairs)
     if symmetric:
         iu = xp.triu_indices(n, 1)
         Kd[iu] = Kd.T[iu]
