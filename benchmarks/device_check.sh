@@ -2,7 +2,7 @@
 # One prepared check of the fused GPU CNTK on a lent GPU machine (issue 4):
 # kernel resources + SASS, the GPU tests against the CPU backend, the benchmark.
 # Usage, in the repository root on the GPU machine:
-#   OUT=/some/dir bash scripts/device_check.sh            (BENCH_ARGS="--variants" etc. optional)
+#   OUT=/some/dir bash benchmarks/device_check.sh            (BENCH_ARGS="--variants" etc. optional)
 # Writes to $OUT: device_check.log (everything), pytest.log, sass_stats.txt,
 # bench_cntk_gpu.md and bench_cntk_gpu.json.
 set -uo pipefail
