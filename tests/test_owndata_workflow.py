@@ -166,3 +166,27 @@ def test_rgb_folder_dataset_end_to_end(tmp_path):
     assert set(summary["method"]) == {"mnk", "maml", "kernel_regression", "prototypes"}
     assert np.isfinite(summary["accuracy"]).all()
     assert (summary["test_tasks"] == "sampled").all() and (summary["n_test_tasks"] == 2).all()
+
+
+def test_config_checks_apply_omniglot_bounds_to_omniglot_only():
+    from mnk.config_checks import task_problems
+
+    tasks = {"way": [5], "shot": [5], "n_characters": [5000], "query": 30, "split": "background",
+             "n_val_characters": 20, "n_val_tasks": 1}
+    omniglot = " ".join(task_problems(tasks))
+    assert "exceeds the 20 images" in omniglot and "exceeds the 964 training" in omniglot
+    assert task_problems(tasks, "folder") == []
+    assert "Omniglot's first-1200" in task_problems({**tasks, "split": "original"}, "folder")[0]
+
+
+def test_kernel_identity_names_the_folder_dataset_and_the_list(tmp_path):
+    from mnk import plan
+
+    config = config_with()
+    base = plan.kernel_identity(config)
+    assert set(base) == {"kernel", "data"} and set(base["data"]) == {"image_size", "resample"}  # as before
+    folder = {**config, "data": {**config["data"], "dataset": "folder", "folder": {"train_root": "x"}}}
+    assert plan.kernel_identity(folder)["data"]["dataset"] == "folder"
+    listed = {**config, "tasks": {**config["tasks"], "test_tasks": str(two_way_list(tmp_path))}}
+    assert plan.kernel_identity(listed)["test_tasks"] == parse_task_list(two_way_list(tmp_path)).list_id
+    assert plan.n_test_tasks(listed) == 1 and plan.n_test_tasks(config) == config["tasks"]["n_test_tasks"]
