@@ -2,7 +2,7 @@
 
 import torch
 
-from mnk.io import atomic_path, load_npz, save_json
+from mnk.io import load_npz, save_json, save_torch
 from mnk.maml import options_from_config, train_and_evaluate
 from mnk.runtime import device_name, git_revision, logged_run, resolve_device
 
@@ -31,6 +31,5 @@ with logged_run(snakemake.log[0], f"train_{snakemake.wildcards.method}") as log:
         git_revision=git_revision(),
     )
     log.info("test accuracy %.4f [%.4f, %.4f]", metrics["accuracy"], metrics["ci95_low"], metrics["ci95_high"])
-    with atomic_path(snakemake.output.checkpoint, suffix=".pt") as tmp:
-        torch.save(checkpoint, tmp)
+    save_torch(snakemake.output.checkpoint, checkpoint)
     save_json(snakemake.output.metrics, metrics)

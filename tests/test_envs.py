@@ -7,7 +7,7 @@ conda cannot run here, so two checks:
 * isolated: each CPU env's pip section, exactly as conda hands it to pip (with MNK_REPO set,
   as the workflow sets it), installed into a fresh venv, then `python -I` (no host
   site-packages, no PYTHONPATH, no user site) runs the import block of every script bound to
-  that env, and two real rule scripts (make_tasks in the data env, kernel_block in the kernels
+  that env, and two real rule scripts (make_pool in the data env, kernel_block in the kernels
   env) run on tiny inputs and match the host's results. Index options (the PyTorch CPU
   index) are dropped: this machine reaches PyPI only, and pip finds the CPU torch wheel in
   its local wheel directory. Venvs are cached per env content in ~/.cache/mnk-test-envs.
@@ -300,36 +300,45 @@ def run_rule_script(venv: Path, tmp_path: Path, script: str, **spec) -> None:
 
 @pytest.mark.slow
 def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
-    """make_tasks (data env) then kernel_block (kernels env) on a tiny experiment: both run
-    with nothing but their env, and agree with the host's computation."""
-    from mnk.blocks import compute_block, plan_blocks
-    from mnk.data import transform_images
+    """make_pool (data env) then kernel_block (kernels env) on a tiny pool: both run with
+    nothing but their env, and agree with the host's computation."""
+    from mnk import plan
+    from mnk.blocks import compute_block
     from mnk.io import load_npz
-    from mnk.tasks import TaskSpec, make_tasks
+    from mnk.kernels.transform import transform_images
+    from mnk.tasks import TaskSpec, make_pool
 
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    keys = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks")
-    spec = {"way": 5, "shot": 1, "n_characters": 5, "seed": 0, **{k: config["tasks"][k] for k in keys}}
+    pool = next(iter(plan.pools(config).values()))
+    keys = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks", "n_val_characters")
+    spec = {"way": pool.way, "shot": pool.shot, "seed": pool.seed, "n_characters": max(pool.n_characters),
+            **{k: config["tasks"][k] for k in keys}}
     data = tmp_path / "omniglot.npz"
     np.savez(data, **omniglot)
-    run_rule_script(env_venv(ENVS / "data.yaml"), tmp_path, "make_tasks.py", input={"data": str(data)},
-                    output={"tasks": str(tmp_path / "tasks.npz"), "images": str(tmp_path / "images.npz")},
-                    log=[str(tmp_path / "make_tasks.log")], params={"spec": spec}, wildcards={})
-    tasks = load_npz(tmp_path / "tasks.npz")
-    expected = make_tasks(omniglot["character"], omniglot["drawer"], omniglot["split"], TaskSpec(**spec))
+    run_rule_script(env_venv(ENVS / "data.yaml"), tmp_path, "make_pool.py", input={"data": str(data)},
+                    output={"pool": str(tmp_path / "pool.npz"), "images": str(tmp_path / "images.npz")},
+                    log=[str(tmp_path / "make_pool.log")], params={"spec": spec}, wildcards={})
+    saved = load_npz(tmp_path / "pool.npz")
+    expected = make_pool(omniglot["character"], omniglot["drawer"], omniglot["split"], TaskSpec(**spec))
     for key, value in expected.items():
-        np.testing.assert_array_equal(tasks[key], value, err_msg=key)
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)
 
-    kernel = {k: v for k, v in config["kernel"].items() if k != "backend"}
-    n_train = int(tasks["n_train_images"])
-    task_size = tasks["test_support"].shape[1] + tasks["test_query"].shape[1]
-    block = plan_blocks(n_train, len(tasks["test_support"]), task_size, kernel["block_size"])[1]
+    block = pool.blocks[1]
+    identity = plan.kernel_identity(config)
     run_rule_script(env_venv(ENVS / "kernels.yaml"), tmp_path, "kernel_block.py",
-                    input={"tasks": str(tmp_path / "tasks.npz"), "images": str(tmp_path / "images.npz")},
+                    input={"pool": str(tmp_path / "pool.npz"), "images": str(tmp_path / "images.npz")},
                     output_list=[str(tmp_path / "block.npz")], log=[str(tmp_path / "kernel_block.log")],
-                    params={"kernel": kernel, "backend": "cpu", "block_size": kernel["block_size"], "code": "x"},
-                    wildcards={"exp": "5way1shot-5char-seed0", "block": block.name})
+                    params={"pool": plan.as_params(pool), "block": plan.as_params(block), "identity": identity,
+                            "backend": "cpu", "code": "x"},
+                    wildcards={"pool": pool.name, "block": block.name})
     raw = load_npz(tmp_path / "images.npz")["images"]
-    images = transform_images(raw, pad=kernel["pad"], standardize=kernel["standardize"], reference=raw[:n_train])
-    reference = compute_block(images, block, {**kernel, "backend": "cpu"}, task_size)
+    options = identity["kernel"]
+
+    def prepare(positions):
+        return transform_images(raw[slice(*positions)], image_size=options["image_size"], pad=options["pad"],
+                                standardize=options["standardize"], reference=raw[: pool.val_start])
+
+    X = prepare(block.rows)
+    Z = X if block.cols == block.rows else prepare(block.cols)
+    reference = compute_block(X, Z, block, options, pool.task_size, "cpu")
     np.testing.assert_allclose(load_npz(tmp_path / "block.npz")["values"], reference, rtol=1e-10, atol=1e-12)

@@ -95,15 +95,15 @@ def test_comment_docstring_and_mtime_changes_rerun_nothing(project):
 
 
 def test_kernel_code_change_reruns_the_kernel_blocks_only_downstream(project):
-    exp = "5way1shot-5char-seed0"
-    blocks = {p.stem for p in (project / "results" / "kernels" / exp / "blocks").glob("*.npz")}
+    pool = "pool-5way1shot-seed0"
+    blocks = {p.stem for p in (project / "results" / "kernels" / pool / "blocks").glob("*.npz")}
     assert len(blocks) > 1
     with edited(project / "src" / "mnk" / "kernels" / "cntk_cpu.py", lambda t: t + "\n_CHANGED = 1\n"):
         jobs = planned(project)
     rules = {rule for rule, _ in jobs}
-    assert {w for rule, w in jobs if rule == "kernel_block"} == {f"exp={exp}, block={b}" for b in blocks}
+    assert {w for rule, w in jobs if rule == "kernel_block"} == {f"pool={pool}, block={b}" for b in blocks}
     assert {"assemble_kernel", "solve_mnk"} <= rules
-    assert not rules & {"make_tasks", "preprocess_omniglot", "train_meta_learner", "train_encoder"}
+    assert not rules & {"make_pool", "make_tasks", "preprocess_omniglot", "train_meta_learner", "train_encoder"}
 
 
 def test_training_code_change_reruns_training_not_kernels(project):

@@ -6,14 +6,29 @@ apart from `mnk.plan` so that updating a speed reruns no kernel block.
 
 from __future__ import annotations
 
+from mnk.learner_options import options_from_config
 from mnk.plan import STAGES, experiment_ids, kernel_image_size, parse_experiment, pools
 
 # Per-pair speeds (BENCHMARKS.md), the one place SLURM runtimes and `make cost` read them.
 # Work of one CNTK pair ~ depth x P x (P with global average pooling, else 1), P = pixels.
 GPU_SECONDS_PER_UNIT = 1.6e-12  # NVIDIA H200, fused kernel: 33.45 us/pair at 32x32, depth 20, gap
-CPU_SECONDS_PER_UNIT = 7.6e-9  # CPU-seconds, numba backend, 2-core VM: 7.1-8.6 ns per entry-layer
+# CPU-seconds per entry-layer, numba backends, 2-core VM (bench_cntk_cpu): float64 7.0-11.5 ns,
+# float32 1.05-1.73 ns with gap and 2.5 ns for the trace.
+CPU_SECONDS_PER_UNIT = {"float64": 7.6e-9, "float32": 1.8e-9}
 NTK_SECONDS_PER_PAIR = 1e-6
 META_ITERATIONS_PER_SECOND = {"maml": 25.0, "imaml": 5.0}  # H200, vmap (BENCHMARKS.md)
+
+
+def meta_updates(config, method: str, exp: str) -> int:
+    """Meta-updates of one MAML/iMAML run (its options' budget for the experiment)."""
+    options = options_from_config(method, config[method]["options"])
+    return options.n_updates(parse_experiment(exp)["n_characters"])
+
+
+def meta_learner_hours(config, method: str) -> float:
+    """GPU-hours (H200) of all runs of `method`."""
+    updates = sum(meta_updates(config, method, exp) for exp in experiment_ids(config))
+    return updates / META_ITERATIONS_PER_SECOND[method] / 3600
 
 
 def pair_seconds(kernel: dict, pixels: int, device: str) -> float:
@@ -21,7 +36,9 @@ def pair_seconds(kernel: dict, pixels: int, device: str) -> float:
     if kernel["type"] == "ntk":
         return NTK_SECONDS_PER_PAIR
     work = kernel["depth"] * pixels * (pixels if kernel["gap"] else 1)
-    return work * (GPU_SECONDS_PER_UNIT if device == "cuda" else CPU_SECONDS_PER_UNIT)
+    if device == "cuda":
+        return work * GPU_SECONDS_PER_UNIT
+    return work * CPU_SECONDS_PER_UNIT[kernel.get("dtype", "float64")]
 
 
 def kernel_pixels(config) -> int:
@@ -56,10 +73,14 @@ def cost_lines(config) -> list[str]:
         lines.append(f"{'kernel ' + key:<28}{pairs:>14.4g}{pairs * gpu:>12.3g}{pairs * cpu:>12.3g}")
     total = sum(stages.values())
     lines.append(f"{'kernel (all)':<28}{total:>14.4g}{total * gpu:>12.3g}{total * cpu:>12.3g}")
-    for method, speed in META_ITERATIONS_PER_SECOND.items():
+    gpu_hours = total * gpu
+    for method in META_ITERATIONS_PER_SECOND:
         if config.get(method, {}).get("enabled"):
-            hours = len(experiment_ids(config)) * config[method]["options"]["meta_iterations"] / speed / 3600
+            hours = meta_learner_hours(config, method)
+            gpu_hours += hours
             lines.append(f"{method + ' (meta-training)':<28}{'-':>14}{hours:>12.3g}{'-':>12}")
+    lines.append(f"{'kernel + meta-training':<28}{'-':>14}{gpu_hours:>12.3g}{'-':>12}"
+                 f"   ({gpu_hours * 60:.1f} GPU-minutes on one H200)")
     lines.append(f"one kernel per experiment (former plan): {per_experiment_pairs(config):.4g} pairs "
                  f"(pooled: {total / per_experiment_pairs(config):.0%})")
     lines.append("GPU-hours: NVIDIA H200 speeds; CPU-hours: CPU-seconds of the 2-core VM (BENCHMARKS.md)")

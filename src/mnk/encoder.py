@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnk.io import atomic_path
+from mnk.io import load_torch, save_torch
 
 __all__ = ["LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
 
@@ -169,12 +169,11 @@ def encode(model: LabelEncoder, images: np.ndarray, device: str = "cpu", batch_s
 def save_encoder(model: LabelEncoder, path: str | os.PathLike) -> None:
     """Save config + weights atomically (torch.save of plain tensors and ints)."""
     state = {"config": model.config, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    save_torch(path, state)
 
 
 def load_encoder(path: str | os.PathLike, device: str = "cpu") -> LabelEncoder:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch(path)
     model = LabelEncoder(**state["config"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()

@@ -32,7 +32,7 @@ from torch import nn
 
 __all__ = ["NETWORKS", "BatchStatNorm2d", "build_network"]
 
-NETWORKS = ("conv3", "conv4", "imaml4")
+from mnk.learner_options import NETWORKS  # noqa: F401 (the names, with the options)
 
 
 class BatchStatNorm2d(nn.Module):

@@ -279,12 +279,7 @@ def kernel_threads():
 
 
 def meta_learner_runtime(wildcards, attempt):
-    """Minutes for MAML/iMAML: 3x the iterations at H200 speed (BENCHMARKS.md), + 15."""
-    per_second = 5.0 if wildcards.method == "imaml" else 25.0
-    options = config[wildcards.method]["options"]
-    # an `epochs` budget: at most n_characters meta-updates per epoch (mnk.maml n_updates)
-    iterations = (
-        options.get("meta_iterations")
-        or options.get("epochs", 200) * experiment(wildcards)["n_characters"]
-    )
-    return int(15 + 3 * iterations / per_second / 60) * attempt
+    """Minutes for MAML/iMAML: 3x the meta-updates at H200 speed (mnk.cost), + 15."""
+    updates = kernel_cost.meta_updates(config, wildcards.method, wildcards.exp)
+    per_second = kernel_cost.META_ITERATIONS_PER_SECOND[wildcards.method]
+    return int(15 + 3 * updates / per_second / 60) * attempt

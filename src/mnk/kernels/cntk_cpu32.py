@@ -1,24 +1,26 @@
 r"""float32 CNTK on the CPU: vectorised numba, parallel over (pair, row offset) items.
 
 Same kernel as :mod:`mnk.kernels.cntk_cpu` (definition there), computed in float32 with
-the final sums in float64.  Relative error against the float64 path: ~1e-7 with global
-average pooling, ~1e-6 for the trace at depth 20 on Omniglot strokes
-(``tests/test_cntk_cpu_float32.py``; BENCHMARKS.md has the measured numbers).
+the final sums in float64.  Relative error against the float64 path on real Omniglot
+strokes: <= 3e-7 at depth 20 and <= 3e-6 at depth 50, with and without global average
+pooling (``tests/test_cntk_cpu_float32.py`` asserts 1e-5 and 1e-4; BENCHMARKS.md).
 
 Layout (why it vectorises)
 --------------------------
 With global average pooling the 4-D recursion on ``Sigma(p, q)`` couples an entry only to
 ``(p + d, q + d)``.  For a row offset ``a = q_y - p_y`` one *item* holds every entry with
-that row offset as a 3-D array ``[u, v, lane]``: ``u`` the row of ``p`` (``h = H - |a|``
-rows), ``v`` the column of ``p``, ``lane = 1 + q_x`` the column of ``q``, innermost and
-contiguous (``L >= W + 2`` lanes, zero guard lanes).  All ``W x W`` column pairs are valid,
-so nothing is wasted, and the 3x3 box filter ``B`` is two flat, separable passes over the
-whole array with constant shifts ``L + 1`` (``v`` and ``q_x`` move together) and
-``(W + 2) L`` (one row).  The ReLU step is one loop over the lanes for each ``(u, v)``:
-``x``'s norms are scalars there and ``z``'s are the lane vector of row ``u + a``.  Guard
-lanes and guard columns have norm 0, and the step maps entries with ``lx lz = 0`` to
-exactly 0 (they are 0 in the exact recursion: Sigma and Theta vanish where a variance
-does), so no masks are needed.  An item's arrays (~100 KB each at 28x28) stay in L2.
+that row offset as ``[u, v, (Sigma, Theta), lane]``: ``u`` the row of ``p`` (``h = H - |a|``
+rows), ``v`` the column of ``p``, ``lane`` the column of ``q``, innermost and contiguous
+(``L >= W + 1`` lanes, rounded up to 8; lanes ``W..L-1`` are zero guards).  All ``W x W``
+column pairs are valid, so little is wasted, and the 3x3 box filter ``B`` is two flat,
+separable passes with constant shifts: ``2 L + 1`` along a row (``v`` and ``q_x`` move
+together; a shifted lane 0 lands on a guard lane) and one row.  The layers are one sweep
+over the rows each: vertical half of ``B`` fused with the ReLU step into a row buffer (L1)
+(one loop over the lanes per ``v``: ``x``'s norms are scalars there, ``z``'s the lane
+vector of row ``u + a``), horizontal half of the next ``B`` into the other of two
+row-summed buffers (L2).  Guard lanes have norm 0 and the step maps entries with
+``lx lz = 0`` to exactly 0 (they are 0 in the exact recursion: Sigma and Theta vanish where
+a variance does); columns with ``lx = 0`` are skipped.
 
 The trace (``gap=False``) needs only the zero-offset entries: there the lanes are up to
 :data:`TRACE_LANES` different ``z`` images of one pair row, in the same code.
@@ -119,13 +121,18 @@ def layer_norms_f32(D: np.ndarray, scaled: bool):
 
 
 @njit(**_STEP_FLAGS)
-def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
-    """The ReLU step (module docstring) in place on one row of an item.
+def _relu_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
+    """Vertical half of the box filter fused with the ReLU step (module docstring), one row.
 
-    rb: row buffer (W+6, 2, L) of (Sigma, Theta), column v1 at rb[v1 + 2]; ``last``:
-    rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W+2), zn_l (2, H, Wz, L): this layer's norms;
-    z's column at ``v1 * zsel``.
+    hb (H+2, W, 2, L): the row-summed (Sigma, Theta) of this layer, item row ``ur`` reads
+    rows ur..ur+2 (one array: few run-time alias checks, so the loop vectorises);
+    rb: row buffer (W+4, 2, L) for the results, column v1 at rb[v1 + 2]; ``last``:
+    rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W), zn_l (2, H, Wz, L): this layer's norms;
+    z's column at ``v1 * zsel``.  ``first``/``last`` are compile-time constants (one
+    specialisation each, no branch in the loop); after the first layer Sigma >= 0, so c >= 0.
     """
+    numba.literally(first)
+    numba.literally(last)
     W2 = xn_l.shape[2]
     L = rb.shape[2]
     for v1 in range(W2):
@@ -139,11 +146,11 @@ def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
             continue
         zc = v1 * zsel
         for k in range(L):
-            sk = rb[r, 0, k]
-            tk = rb[r, 1, k]
+            sk = hb[ur, v1, 0, k] + hb[ur + 1, v1, 0, k] + hb[ur + 2, v1, 0, k]
+            tk = hb[ur, v1, 1, k] + hb[ur + 1, v1, 1, k] + hb[ur + 2, v1, 1, k]
             lxz = lxs * zn_l[0, zr, zc, k]
             c = sk * (ilx * zn_l[1, zr, zc, k])
-            u = _ONE - abs(c)
+            u = _ONE - (abs(c) if first else c)
             u = u if u > SNAP else _ZERO
             s1 = math.sqrt(u)
             p = _G6
@@ -154,7 +161,9 @@ def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
             p = p * u + _G1
             p = p * u + _G0
             thk = s1 * p
-            pmk = thk if c < _ZERO else _NINTH - thk
+            pmk = _NINTH - thk
+            if first:
+                pmk = thk if c < _ZERO else pmk
             pmk = pmk if lxz > _ZERO else _ZERO
             q = _Q6
             q = q * u + _Q5
@@ -172,7 +181,7 @@ def _relu_row(rb, xn_l, zn_l, xr, zr, zsel, last, fixf):
                 rb[r, 1, k] = tn
 
 
-@njit(**_FLAGS)
+@njit(inline="always", **_FLAGS)
 def _hsum(rf, out, L, sh):
     """Horizontal half of the box filter on a row: out[k] = rf[o+k-sh] + rf[o+k] + rf[o+k+sh],
     o = 4 L (two guard columns of (Sigma, Theta) lane vectors before the row)."""
@@ -183,15 +192,6 @@ def _hsum(rf, out, L, sh):
     a2 = rf[o + sh : o + sh + n]
     for k in range(n):
         out[k] = a0[k] + a1[k] + a2[k]
-
-
-@njit(**_FLAGS)
-def _vsum(h0, h1, h2, rf, L):
-    """Vertical half of the box filter into the row buffer: rf[4L+k] = h0[k] + h1[k] + h2[k]."""
-    n = h1.shape[0]
-    o = rf[4 * L : 4 * L + n]
-    for k in range(n):
-        o[k] = h0[k] + h1[k] + h2[k]
 
 
 @njit(**_FLAGS)
@@ -229,8 +229,16 @@ def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
         last = layer == depth - 2
         hb = HB[cur]
         for u in range(h):
-            _vsum(hb[u].reshape(-1), hb[u + 1].reshape(-1), hb[u + 2].reshape(-1), rf, L)
-            _relu_row(rb, xn[layer], zn[layer], xr0 + u, zr0 + u, zsel, last, fixf)
+            xl, zl, xr, zr = xn[layer], zn[layer], xr0 + u, zr0 + u
+            if layer == 0:
+                if last:
+                    _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, True)
+                else:
+                    _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, False)
+            elif last:
+                _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, True)
+            else:
+                _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, False)
             if last:
                 for v1 in range(W2):
                     for k in range(L):

@@ -1,0 +1,196 @@
+"""MAML / iMAML options: one frozen, validated object per method, built once from its config
+section (errors name the key) and passed whole.
+
+Plain Python (no numpy, no torch): the Snakefile and `make cost` read the training budget
+(`n_updates`) from here without importing the training code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+NETWORKS = ("conv3", "conv4", "imaml4")  # built by mnk.nets.build_network
+
+METHODS = ("maml", "imaml")
+TASK_SAMPLING = ("resample", "fixed")
+IMPLEMENTATIONS = ("vmap", "loop")
+EPOCH_UPDATES = ("all", "last")
+AUTO_META_BATCH_CAP = 32  # the original: batchsz = min(32, n_characters)
+
+def _require(ok: bool, key: str, must: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {must}, got {value!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too
+
+
+def _is_number(value) -> bool:
+    return _is_int(value) or isinstance(value, numbers.Real) and not _is_bool(value)
+
+
+@dataclass(frozen=True)
+class _MetaLearnerOptions:
+    """Options shared by MAML and iMAML (defaults: the original comparison's protocol)."""
+
+    section: ClassVar[str] = "options"
+    network: str = "conv3"
+    hidden: int = 64  # channels of every conv layer
+    # Budget: exactly one of `meta_iterations` (meta-updates) and `epochs` (the original:
+    # an epoch is n_characters // meta_batch meta-updates, or one with epoch_updates "last").
+    meta_iterations: int | None = None
+    epochs: int | None = 200
+    epoch_updates: str = "all"
+    meta_batch_size: int | str = "auto"  # "auto": min(32, n_characters)
+    meta_lr: float = 1e-3  # Adam
+    inner_steps: int = 5
+    inner_lr: float = 0.1
+    test_inner_steps: int = 5
+    eval_every: int = 5  # meta-updates, or epochs when `epochs` is set
+    eval_chunk: int = 100  # tasks per vmap call at evaluation (memory knob only)
+    # "vmap" (torch.func.vmap over the tasks of a meta-batch) or "loop" (plain per-task
+    # loop; same gradient up to rounding; see BENCHMARKS.md for which is faster where).
+    implementation: str = "vmap"
+    task_sampling: str = "resample"
+
+    def __post_init__(self):
+        self._validate()
+
+    def _key(self, name: str) -> str:
+        return f"{self.section}.{name}"
+
+    def _validate(self) -> None:
+        k = self._key
+        _require(self.network in NETWORKS, k("network"), f"one of {NETWORKS}", self.network)
+        for name in ("hidden", "eval_every", "eval_chunk"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, k(name), "an integer >= 1", value)
+        for name in ("inner_steps", "test_inner_steps"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 0, k(name), "an integer >= 0", value)
+        _require(_is_number(self.inner_lr) and self.inner_lr > 0, k("inner_lr"), "a number > 0",
+                 self.inner_lr)
+        # meta_lr 0 is allowed: the same run without meta-training (a baseline and a test)
+        _require(_is_number(self.meta_lr) and self.meta_lr >= 0, k("meta_lr"), "a number >= 0",
+                 self.meta_lr)
+        _require((self.meta_iterations is None) != (self.epochs is None), k("meta_iterations"),
+                 f"set, or else {k('epochs')}, but not both", (self.meta_iterations, self.epochs))
+        for name in ("meta_iterations", "epochs"):
+            value = getattr(self, name)
+            _require(value is None or (_is_int(value) and value >= 1), k(name),
+                     "an integer >= 1", value)
+        mb = self.meta_batch_size
+        _require(mb == "auto" or (_is_int(mb) and mb >= 1), k("meta_batch_size"),
+                 "an integer >= 1 or 'auto'", mb)
+        for name, choices in (("implementation", IMPLEMENTATIONS), ("task_sampling", TASK_SAMPLING),
+                              ("epoch_updates", EPOCH_UPDATES)):
+            value = getattr(self, name)
+            _require(value in choices, k(name), f"one of {choices}", value)
+
+    # ---- the budget of one experiment with `n_characters` training characters
+    def meta_batch(self, n_characters: int) -> int:
+        if self.meta_batch_size == "auto":
+            return min(AUTO_META_BATCH_CAP, n_characters)
+        return int(self.meta_batch_size)
+
+    def updates_per_epoch(self, n_characters: int) -> int:
+        if self.epochs is None or self.epoch_updates == "last":
+            return 1
+        return max(1, n_characters // self.meta_batch(n_characters))
+
+    def n_updates(self, n_characters: int) -> int:
+        if self.epochs is None:
+            return int(self.meta_iterations)
+        return int(self.epochs) * self.updates_per_epoch(n_characters)
+
+    def eval_interval(self, n_characters: int) -> int:
+        """Meta-updates between evaluations."""
+        return int(self.eval_every) * self.updates_per_epoch(n_characters)
+
+
+@dataclass(frozen=True)
+class MAMLOptions(_MetaLearnerOptions):
+    """MAML; defaults of the original comparison (maml_utils.py): 5 steps of lr 0.1."""
+
+    section: ClassVar[str] = "maml.options"
+    first_order: bool = False  # False: second-order MAML (default); True: FOMAML
+
+    def _validate(self) -> None:
+        super()._validate()
+        _require(_is_bool(self.first_order), self._key("first_order"),
+                 "true or false", self.first_order)
+
+
+@dataclass(frozen=True)
+class IMAMLOptions(_MetaLearnerOptions):
+    """iMAML; defaults of the original comparison (imaml_utils.py): lam 2, T 16, K 5."""
+
+    section: ClassVar[str] = "imaml.options"
+    network: str = "imaml4"
+    inner_steps: int = 16  # T
+    test_inner_steps: int = 16  # test-time adaptation uses the same proximal objective
+    epoch_updates: str = "last"  # the original steps its optimiser once per epoch
+    lam: float = 2.0  # proximal regularisation strength lambda
+    cg_steps: int = 5  # K
+    # CG system A g = grad L_query, A = (1 + cg_damping) I + H / (lam + lam_damping).
+    # 0 and 0 (default) is plain CG on the exact implicit system I + H/lam, as the
+    # original comparison ran it. The damping (1, 10) is that of the iMAML authors' code
+    # (imaml_dev, Learner.matrix_evaluator: regu_coef, lam_damping), NOT of the
+    # comparison: an ablation, which may help when I + H/lam is indefinite early on.
+    cg_damping: float = 0.0
+    lam_damping: float = 0.0
+    # The original comparison's bug: its proximal term zips over a generator used up at
+    # the first inner step, so only step 1 is regularised (where phi = theta and the term
+    # is zero): the inner loop is plain SGD. True reproduces it; False is the algorithm.
+    proximal_first_step_only: bool = False
+
+    def _validate(self) -> None:
+        super()._validate()
+        k = self._key
+        _require(_is_int(self.cg_steps) and self.cg_steps >= 1, k("cg_steps"),
+                 "an integer >= 1", self.cg_steps)
+        _require(_is_number(self.lam) and self.lam > 0, k("lam"), "a number > 0", self.lam)
+        for name in ("cg_damping", "lam_damping"):
+            value = getattr(self, name)
+            _require(_is_number(value) and value >= 0, k(name), "a number >= 0", value)
+        _require(_is_bool(self.proximal_first_step_only),
+                 k("proximal_first_step_only"), "true or false", self.proximal_first_step_only)
+
+
+OPTION_CLASSES = {"maml": MAMLOptions, "imaml": IMAMLOptions}
+
+
+def options_from_config(method: str, section: Mapping | None = None):
+    """The frozen options of `method` from its config section (``<method>.options``).
+
+    Keys not given take the class defaults (the original protocol); giving one of
+    `meta_iterations` / `epochs` unsets the other. Unknown keys raise ValueError.
+    """
+    if method not in OPTION_CLASSES:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    cls = OPTION_CLASSES[method]
+    section = dict(section or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in section:
+        if key not in fields:
+            raise ValueError(
+                f"unknown option {cls.section}.{key}; valid options: {sorted(fields)}"
+            )
+    if "meta_iterations" in section and "epochs" not in section:
+        section["epochs"] = None
+    if "epochs" in section and "meta_iterations" not in section:
+        section["meta_iterations"] = None
+    for key, value in section.items():  # YAML may write a float as an int (0.1 vs 1)
+        if fields[key].type in ("float", float) and _is_int(value):
+            section[key] = float(value)
+    return cls(**section)
+
+
