@@ -6,7 +6,7 @@ from mnk.runtime import logged_run
 
 with logged_run(snakemake.log[0], "aggregate") as log:
     out = snakemake.output
-    summary = summarise(snakemake.input.metrics, snakemake.params.config_hash)
+    summary = summarise(snakemake.input.metrics, snakemake.params.config_hash, snakemake.params.test_tasks)
     per_task, lacking = per_task_table(snakemake.input.metrics)
     for path in lacking:
         log.warning("%s has no per_task_accuracy: left out of per_task.csv and paired.csv", path)

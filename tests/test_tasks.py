@@ -151,7 +151,6 @@ def test_no_validation_tasks(omniglot):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"n_characters": 7}, "multiple of way"),
-    ({"shot": 5, "query": 16}, "exceeds the 20 images"),
     ({"split": "random"}, "tasks.split must be one of"),
     ({"n_test_tasks": 0}, "n_test_tasks must be >= 1"),
     ({"n_val_characters": 3}, r"n_val_characters \(3\) must be >= way \(5\)"),
@@ -159,6 +158,11 @@ def test_no_validation_tasks(omniglot):
 def test_bad_specs_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         TaskSpec(**{**SPEC, **overrides})
+
+
+def test_more_images_per_class_than_the_data_has_is_an_error(omniglot):
+    with pytest.raises(ValueError, match=r"shot \+ query = 21 exceeds the 20 images of the dataset's smallest"):
+        _tasks(omniglot, shot=5, query=16)
 
 
 def test_too_many_characters_is_an_error(omniglot):

@@ -27,11 +27,13 @@ class ConfigError(ValueError):
 def check_config(config: dict, workdir: str | os.PathLike = ".", environ=None) -> None:
     """Raise ConfigError listing every problem of `config` found without running anything."""
     environ = os.environ if environ is None else environ
+    data = config.get("data", {})
     problems = [
-        *task_problems(config.get("tasks", {})),
+        *task_problems(config.get("tasks", {}), data.get("dataset", "omniglot")),
+        *task_list_problems(config.get("tasks", {}), Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
         *mnk_problems(config.get("mnk", {}), config.get("tasks", {})),
-        *data_problems(config.get("data", {}), Path(workdir), environ),
+        *data_problems(data, Path(workdir), environ),
     ]
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -41,8 +43,12 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def task_problems(tasks: dict) -> list[str]:
-    """Every (way, shot, n_characters) of the grid must make tasks of the chosen split."""
+def task_problems(tasks: dict, dataset: str = "omniglot") -> list[str]:
+    """Every (way, shot, n_characters) of the grid must make tasks of the chosen split.
+
+    Omniglot's counts (20 images per character, the split's characters) bound the grid for
+    `data.dataset: omniglot` only; a folder dataset's counts are checked against the data
+    (preprocess_folder: shot + query per class; make_pool: characters per side)."""
     problems = []
     ways, shots, sizes = (_as_list(tasks.get(key, [])) for key in ("way", "shot", "n_characters"))
     for way in ways:
@@ -53,6 +59,11 @@ def task_problems(tasks: dict) -> list[str]:
                 f"training characters into groups of {way}"
             )
     query = tasks.get("query")
+    if dataset != "omniglot":
+        if tasks.get("split") == "original":
+            problems.append("tasks.split 'original' is Omniglot's first-1200-characters split; a folder dataset "
+                            "has its own (data.folder.test_root or data.folder.split): use tasks.split background")
+        return problems
     if query is not None:
         for shot in shots:
             if shot + query > DRAWERS:
@@ -83,6 +94,36 @@ def _pool_problems(tasks: dict, ways: list, sizes: list) -> list[str]:
         problems.append(f"tasks.n_val_characters {n_val} is smaller than tasks.way {max(ways)}: a "
                         "validation task needs `way` distinct characters")
     return problems
+
+
+def task_list_problems(tasks: dict, workdir: Path = Path(".")) -> list[str]:
+    """tasks.test_tasks: the list exists, is valid, and its way, shot and query are the grid's.
+
+    One way and one shot (the list fixes them) and the list's queries per class as
+    tasks.query (an image pool's validation and test tasks have one size, mnk.plan)."""
+    from mnk.tasklist import TaskListError, task_list_shape
+
+    path = tasks.get("test_tasks")
+    if not path:
+        return []
+    ways, shots = _as_list(tasks.get("way", [])), _as_list(tasks.get("shot", []))
+    if len(ways) != 1 or len(shots) != 1:
+        return [f"tasks.test_tasks: the list fixes way and shot, so tasks.way ({ways}) and tasks.shot "
+                f"({shots}) must hold one value each"]
+    try:
+        shape = task_list_shape(list_path(path, workdir), way=ways[0], shot=shots[0])
+    except TaskListError as error:
+        return [f"tasks.test_tasks: {error}"]
+    if tasks.get("query") is not None and shape["query"] != tasks["query"]:
+        return [f"tasks.test_tasks: the task list has {shape['query']} query images per class but tasks.query "
+                f"is {tasks['query']}; set tasks.query to {shape['query']} (an image pool's validation and "
+                "test tasks have one size)"]
+    return []
+
+
+def list_path(path, workdir: Path = Path(".")) -> Path:
+    """tasks.test_tasks, relative to the working directory."""
+    return Path(path) if Path(path).is_absolute() else Path(workdir) / path
 
 
 def kernel_problems(kernel: dict) -> list[str]:
@@ -119,7 +160,10 @@ def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
 
 
 def data_problems(data: dict, workdir: Path, environ) -> list[str]:
-    """A mirror download must have a mirror folder (checked only while an archive is missing)."""
+    """A mirror download must have a mirror folder (checked only while an archive is missing);
+    a folder dataset's roots must exist."""
+    if data.get("dataset", "omniglot") == "folder":
+        return folder_problems(data.get("folder") or {}, workdir)
     env_mirror = environ.get("OMNIGLOT_MIRROR")
     if env_mirror:
         source, mirror, key = "mirror", env_mirror, "$OMNIGLOT_MIRROR"
@@ -134,6 +178,17 @@ def data_problems(data: dict, workdir: Path, environ) -> list[str]:
     if not folder.is_dir():
         return [f"{key}: the Omniglot mirror folder {mirror} does not exist (seen from {workdir.resolve()})"]
     return []
+
+
+def folder_problems(folder: dict, workdir: Path) -> list[str]:
+    problems = []
+    if folder.get("test_root") and folder.get("split") is not None:
+        problems.append("data.folder: give either test_root or split, not both")
+    for key in ("train_root", "test_root"):
+        root = folder.get(key)
+        if root and not (Path(root) if Path(root).is_absolute() else workdir / root).is_dir():
+            problems.append(f"data.folder.{key}: folder {root} does not exist (seen from {workdir.resolve()})")
+    return problems
 
 
 def gpu_visible(environ=None) -> tuple[bool, str]:

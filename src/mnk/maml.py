@@ -442,8 +442,10 @@ def _check_inputs(images, tasks) -> np.ndarray:
     if len(tasks["train_support"]) == 0 or len(tasks["test_support"]) == 0:
         raise ValueError("need at least one training task and one test task")
     images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+    if images.ndim == 3:
+        images = images[:, None]  # grey: one channel
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got shape {images.shape}")
     return images
 
 
@@ -476,9 +478,9 @@ class _Run:
 def _start_run(images, tasks, method, options, seed, device, say) -> _Run:
     torch.manual_seed(seed)
     dev = torch.device(device)
-    images_t = torch.as_tensor(images, device=dev).unsqueeze(1)
-    model = build_network(options.network, n_classes=_scalar(tasks, "way"),
-                          image_size=tuple(images.shape[1:]), hidden=options.hidden).to(dev)
+    images_t = torch.as_tensor(images, device=dev)  # (N, C, H, W)
+    model = build_network(options.network, n_classes=_scalar(tasks, "way"), image_size=tuple(images.shape[2:]),
+                          hidden=options.hidden, in_channels=images.shape[1]).to(dev)
     sampler = TaskSampler(tasks, options, seed)
     return _Run(
         method=method, options=options, model=model,
@@ -567,14 +569,14 @@ def _metrics(run: _Run, seed: int, wall_seconds: float) -> dict:
 def _checkpoint(run: _Run) -> dict:
     return {"state_dict": run.best[2], "options": dataclasses.asdict(run.options),
             "iteration": run.best[1], "method": run.method, "way": _scalar(run.tasks, "way"),
-            "image_size": list(run.images_t.shape[2:])}
+            "image_size": list(run.images_t.shape[2:]), "in_channels": int(run.images_t.shape[1])}
 
 
 def train_and_evaluate(images: np.ndarray, tasks: Mapping, *, method: str, options=None,
                        seed: int = 0, device: str = "cpu", progress: bool = True, log=None):
     """Meta-train MAML or iMAML on an experiment's tasks; select on the validation tasks.
 
-    images: float32 (N, H, W); tasks: the make_tasks arrays; options: MAMLOptions /
+    images: float32 (N, H, W) or (N, C, H, W); tasks: the make_tasks arrays; options: MAMLOptions /
     IMAMLOptions or a config section (dict). Returns (metrics, checkpoint); metrics is
     JSON-serialisable.
     """

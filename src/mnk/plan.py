@@ -158,10 +158,11 @@ def parse_experiment(exp: str) -> dict:
 
 def pools(config) -> dict[str, PoolPlan]:
     """Every image pool of the study, by name (checks the task settings first)."""
-    check_tasks(config["tasks"])
+    check_tasks(config)
     t = config["tasks"]
     chars = tuple(sorted(set(t["n_characters"])))
-    plans = [PoolPlan(w, s, seed, t["query"], chars, t["n_val_tasks"], t["n_test_tasks"], config["kernel"]["block_size"])
+    n_test = n_test_tasks(config)
+    plans = [PoolPlan(w, s, seed, t["query"], chars, t["n_val_tasks"], n_test, config["kernel"]["block_size"])
              for w in t["way"] for s in t["shot"] for seed in t["seeds"]]
     return {p.name: p for p in plans}
 
@@ -171,13 +172,29 @@ def pool_of(config, exp: str) -> PoolPlan:
     return pools(config)[f"pool-{e['way']}way{e['shot']}shot-seed{e['seed']}"]
 
 
-def check_tasks(tasks) -> None:
+def check_tasks(config) -> None:
     """What the task settings alone decide (mnk.config_checks), before any download."""
-    from mnk.config_checks import ConfigError, task_problems
+    from mnk.config_checks import ConfigError, task_list_problems, task_problems
 
-    problems = task_problems(tasks)
+    tasks = config["tasks"]
+    problems = task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")) + task_list_problems(tasks)
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def task_list(config) -> dict | None:
+    """The shape of the test-task list (mnk.tasklist.task_list_shape), None without one."""
+    from mnk.config_checks import list_path
+    from mnk.tasklist import task_list_shape
+
+    path = config.get("tasks", {}).get("test_tasks")
+    return task_list_shape(list_path(path)) if path else None
+
+
+def n_test_tasks(config) -> int:
+    """tasks.n_test_tasks, or with a task list (tasks.test_tasks) its number of tasks."""
+    shape = task_list(config)
+    return shape["n_tasks"] if shape else config["tasks"]["n_test_tasks"]
 
 
 # ---------------------------------------------------------------- identity and hashes
@@ -201,7 +218,13 @@ def kernel_identity(config) -> dict:
     kernel = {k: v for k, v in config["kernel"].items() if k not in RUNTIME_KEYS}
     kernel["image_size"] = kernel_image_size(config)
     data = {k: config["data"][k] for k in ("image_size", "resample")}
-    return canonical({"kernel": kernel, "data": data})
+    if config["data"].get("dataset", "omniglot") != "omniglot":  # (Omniglot identities stay as they were)
+        data.update(dataset=config["data"]["dataset"], folder=config["data"].get("folder"))
+    identity = {"kernel": kernel, "data": data}
+    shape = task_list(config)
+    if shape:  # the list's images have no global ids: its identity tells them apart
+        identity["test_tasks"] = shape["list_id"]
+    return canonical(identity)
 
 
 def short_hash(obj) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 
 SUMMARY_COLUMNS = [
     "method", "experiment", "way", "shot", "n_characters", "n_train_tasks", "seed",
-    "accuracy", "ci95_low", "ci95_high", "n_test_tasks", "test_tasks_id", "selected", "wall_seconds",
+    "accuracy", "ci95_low", "ci95_high", "n_test_tasks", "test_tasks", "test_tasks_id", "selected", "wall_seconds",
     "kernel_seconds", "device", "device_name", "kernel", "git_revision", "config_hash",
 ]
 PER_TASK_COLUMNS = ["method", "experiment", "way", "shot", "n_characters", "seed", "test_tasks_id", "task",
@@ -33,8 +33,11 @@ def _read_metrics(path) -> dict:
     return metrics
 
 
-def summarise(metrics_paths, config_hash: str = "") -> pd.DataFrame:
-    """One row per method x experiment x seed, from the metrics files."""
+def summarise(metrics_paths, config_hash: str = "", test_tasks: str = "sampled") -> pd.DataFrame:
+    """One row per method x experiment x seed, from the metrics files.
+
+    test_tasks: where the test tasks came from: "sampled", or the task list's
+    `<file name>@<first 12 hex digits of its sha256>` (mnk.tasklist.list_id)."""
     rows = []
     for path in metrics_paths:
         metrics = _read_metrics(path)
@@ -47,6 +50,7 @@ def summarise(metrics_paths, config_hash: str = "") -> pd.DataFrame:
             "kernel": _kernel_label(kernel) if kernel else "",
             "kernel_seconds": metrics.get("kernel_seconds", np.nan),
             "config_hash": config_hash,
+            "test_tasks": test_tasks,
         })
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return frame.sort_values(["method", "way", "shot", "n_characters", "seed"], ignore_index=True)

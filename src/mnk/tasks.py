@@ -62,11 +62,6 @@ class TaskSpec:
         if self.n_val_tasks and self.n_val_characters < self.way:
             raise ValueError(f"n_val_characters ({self.n_val_characters}) must be >= way ({self.way}) "
                              "when n_val_tasks > 0")
-        if self.shot + self.query > DRAWERS:
-            raise ValueError(
-                f"shot + query = {self.shot + self.query} exceeds the {DRAWERS} images per "
-                "Omniglot character"
-            )
         if self.n_characters < self.way or self.n_characters % self.way:
             raise ValueError(
                 f"n_characters ({self.n_characters}) must be a positive multiple of way ({self.way})"
@@ -154,6 +149,10 @@ def _design(character, drawer, split, spec: TaskSpec) -> dict:
     """The parts every experiment of (way, shot, query, seed, split) shares, and its own
     training characters (a prefix of the nested order) with their fixed images."""
     by_character = _images_by_character(np.asarray(character), np.asarray(drawer))
+    fewest = min(len(images) for images in by_character.values())
+    if spec.images_per_class > fewest:  # Omniglot: 20 (DRAWERS); a folder dataset: its smallest class
+        raise ValueError(f"shot + query = {spec.images_per_class} exceeds the {fewest} images of the "
+                         "dataset's smallest class")
     train_side, test_pool = character_pools(character, split, spec.split)
     if spec.n_characters + spec.n_val_characters > len(train_side):
         raise ValueError(f"n_characters={spec.n_characters} + n_val_characters={spec.n_val_characters} exceed "

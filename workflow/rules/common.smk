@@ -24,6 +24,8 @@ ARCHIVES = ["images_background", "images_evaluation"]
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
 # The image pools and their kernel blocks, planned once (also checks the task settings).
 POOLS = plan.pools(config)
+# The test-task list (tasks.test_tasks), checked: its shape and id; None without one.
+TEST_TASKS = plan.task_list(config)
 # Baselines without meta-learning: always run (they reuse the kernel and the encoder).
 BASELINES = ["kernel_regression", "prototypes"]
 METHODS = ["mnk", *BASELINES] + [m for m in ("maml", "imaml") if config[m]["enabled"]]
@@ -58,11 +60,55 @@ TASK_KEYS = (
 )
 
 
+def task_settings():
+    """The TASK_KEYS of the config; with a task list, n_test_tasks is the list's."""
+    settings = {k: config["tasks"][k] for k in TASK_KEYS}
+    return {**settings, "n_test_tasks": plan.n_test_tasks(config)}
+
+
 def task_spec(wildcards):
     """Everything that decides an experiment's tasks (params of make_tasks)."""
-    return canonical(
-        {**experiment(wildcards), **{k: config["tasks"][k] for k in TASK_KEYS}}
-    )
+    return canonical({**experiment(wildcards), **task_settings()})
+
+
+def dataset_npz():
+    """The preprocessed dataset: Omniglot's archives or an image folder (data.dataset)."""
+    if config["data"]["dataset"] == "folder":
+        return "results/data/dataset.npz"
+    return "results/data/omniglot.npz"
+
+
+def image_params():
+    """The data settings that decide how an image becomes an array (task-list images too)."""
+    keys = ("dataset", "image_size", "resample", "folder")
+    return canonical({k: config["data"][k] for k in keys if k in config["data"]})
+
+
+def test_tasks_params():
+    """make_pool's and make_tasks' view of the task list: {} without one."""
+    if not TEST_TASKS:
+        return {}
+    return {"path": config["tasks"]["test_tasks"], "list_id": TEST_TASKS["list_id"]}
+
+
+def test_tasks_input():
+    return [config["tasks"]["test_tasks"]] if TEST_TASKS else []
+
+
+def folder_fingerprint():
+    """Hash of the names, sizes and mtimes of the image folders' files: edits rerun."""
+    import hashlib
+
+    if config["data"]["dataset"] != "folder":
+        return ""
+    folder, digest = config["data"]["folder"], hashlib.sha256()
+    for key in ("train_root", "test_root"):
+        root = folder.get(key)
+        for path in sorted(Path(root).rglob("*")) if root else []:
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
 
 
 def pool_plan(wildcards):
@@ -77,7 +123,7 @@ def pool_spec(wildcards):
     pool = POOLS[wildcards.pool]
     spec = {"way": pool.way, "shot": pool.shot, "seed": pool.seed}
     spec["n_characters"] = max(pool.n_characters)
-    return canonical({**spec, **{k: config["tasks"][k] for k in TASK_KEYS}})
+    return canonical({**spec, **task_settings()})
 
 
 def pool_params(wildcards):

@@ -1,4 +1,5 @@
-# Omniglot: download (official URL or mirror), preprocess, sample tasks.
+# Data: Omniglot (download from the official URL or a mirror, preprocess) or an image
+# folder (preprocess); then each experiment's tasks.
 
 
 # No `retries:` here: download_archive retries transient network errors itself and fails at
@@ -36,9 +37,28 @@ rule preprocess_omniglot:
         "../../scripts/preprocess_omniglot.py"
 
 
+rule preprocess_folder:
+    output:
+        "results/data/dataset.npz",
+    log:
+        "logs/preprocess_folder.log",
+    benchmark:
+        "results/benchmarks/preprocess_folder.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        code=code_hash("preprocess_folder.py"),
+        data=image_params(),
+        images_per_class=max(config["tasks"]["shot"]) + config["tasks"]["query"],
+        fingerprint=folder_fingerprint(),
+    script:
+        "../../scripts/preprocess_folder.py"
+
+
 rule make_tasks:
     input:
-        data="results/data/omniglot.npz",
+        data=dataset_npz(),
+        test_tasks=test_tasks_input(),
     output:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
@@ -49,5 +69,7 @@ rule make_tasks:
     params:
         code=code_hash("make_tasks.py"),
         spec=task_spec,
+        data=image_params(),
+        test_tasks=test_tasks_params(),
     script:
         "../../scripts/make_tasks.py"

@@ -4,7 +4,8 @@
 
 rule make_pool:
     input:
-        data="results/data/omniglot.npz",
+        data=dataset_npz(),
+        test_tasks=test_tasks_input(),
     output:
         pool="results/tasks/{pool}/pool.npz",
         images="results/tasks/{pool}/images.npz",
@@ -15,6 +16,8 @@ rule make_pool:
     params:
         code=code_hash("make_pool.py"),
         spec=pool_spec,
+        data=image_params(),
+        test_tasks=test_tasks_params(),
     script:
         "../../scripts/make_pool.py"
 

@@ -23,6 +23,7 @@ rule aggregate:
     params:
         code=code_hash("aggregate.py"),
         config_hash=config_hash(config),
+        test_tasks=TEST_TASKS["list_id"] if TEST_TASKS else "sampled",
     script:
         "../../scripts/aggregate.py"
 

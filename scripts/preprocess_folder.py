@@ -1,0 +1,12 @@
+"""Rule preprocess_folder: an image-folder dataset -> the arrays of the preprocessed Omniglot."""
+
+from mnk.data import write_preprocessed
+from mnk.folder import FolderOptions, read_folder_options
+from mnk.runtime import logged_run
+
+with logged_run(snakemake.log[0], "preprocess_folder") as log:
+    options = FolderOptions.from_config(snakemake.params.data)
+    data = read_folder_options(options, images_per_class=snakemake.params.images_per_class, progress=True)
+    log.info("images %s, %d classes (%d test side)", data["images"].shape, len(data["character_names"]),
+             len(set(data["character"][data["split"] == 1])))
+    write_preprocessed(snakemake.output[0], data)

@@ -1,0 +1,321 @@
+"""Image-folder datasets: your own images, in the same arrays as the preprocessed Omniglot.
+
+Layout: an image's class is its parent folder's path relative to the root, so both
+`root/class/img.png` and Omniglot's `root/alphabet/character/img.png` work. The alphabet
+of a class is the first component of that path (with one level, each class is its own
+alphabet). Files are taken in sorted order; hidden files and folders (names starting with
+'.') and files without an image extension are ignored.
+
+Split: a training root and a test root (class names must differ between them: few-shot
+test classes are disjoint from training ones), or one root whose classes, sorted by their
+relative path, are split in that order: the last `ceil(split * n_classes)` are the test
+side (like the 'original' Omniglot split, which takes the first 1200 sorted characters to
+train; with nested folders whole alphabets stay on one side except at the boundary).
+
+Every image goes through `load_image` (the one image loader, shared with task lists):
+converted to grey ('L') or RGB, resized to `image_size` x `image_size` with the named PIL
+filter (no aspect-ratio preservation), scaled to [0, 1], and inverted when asked (or, with
+`invert="auto"`, when its median border pixel is light, > 0.5) so that the background is
+0 like Omniglot's (the CNTK pads with zeros). Alpha channels are dropped.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from mnk.data import RESAMPLE_FILTERS, DataError
+
+log = logging.getLogger("mnk.folder")
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+INVERT_CHOICES = ("auto", True, False)
+CHANNEL_CHOICES = (None, 1, 3)
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")  # PIL modes with one colour band
+SHOW = 5  # how many offending classes an error message lists
+DEFAULT_SPLIT = 0.25  # one root: the test share of the sorted classes
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How every image (dataset or task list) is turned into an array."""
+
+    image_size: int = 28
+    resample: str = "lanczos"
+    invert: str | bool = "auto"
+    channels: int | None = None  # None: from the files (grey -> 1, colour -> 3)
+
+    def __post_init__(self):
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 3:
+            raise ValueError(f"data.image_size must be an integer >= 3, got {self.image_size!r}")
+        if self.resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"data.resample must be one of {RESAMPLE_FILTERS}, got {self.resample!r}")
+        if not any(self.invert is choice for choice in INVERT_CHOICES) and self.invert != "auto":
+            raise ValueError(f"data.folder.invert must be auto, true or false, got {self.invert!r}")
+        if self.channels not in CHANNEL_CHOICES or isinstance(self.channels, bool):
+            raise ValueError(f"data.folder.channels must be null, 1 or 3, got {self.channels!r}")
+
+    @classmethod
+    def omniglot(cls, image_size: int = 28, resample: str = "lanczos") -> "ImageOptions":
+        """What `mnk.data.image_to_array` does to an Omniglot PNG (grey, always inverted)."""
+        return cls(image_size=image_size, resample=resample, invert=True, channels=1)
+
+
+@dataclass(frozen=True)
+class FolderOptions:
+    """The `data.folder` section (plus `data.image_size` / `data.resample`), checked."""
+
+    train_root: str
+    test_root: str | None
+    split: float | None
+    image: ImageOptions
+
+    @classmethod
+    def from_config(cls, data: dict) -> "FolderOptions":
+        folder = data.get("folder") or {}
+        if not folder.get("train_root"):
+            raise ValueError("data.dataset is 'folder' but data.folder.train_root is not set")
+        test_root, split = folder.get("test_root"), folder.get("split")
+        if test_root and split is not None:
+            raise ValueError("data.folder: give either test_root or split, not both")
+        if not test_root:
+            split = DEFAULT_SPLIT if split is None else split
+            if not 0 < float(split) < 1:
+                raise ValueError(f"data.folder.split must be a fraction in (0, 1), got {split!r}")
+        image = ImageOptions(int(data.get("image_size", 28)), data.get("resample", "lanczos"),
+                             folder.get("invert", "auto"), folder.get("channels"))
+        return cls(str(folder["train_root"]), str(test_root) if test_root else None,
+                   None if test_root else float(split), image)
+
+
+def dataset_image_options(data: dict) -> ImageOptions:
+    """The preprocessing of the configured dataset (`data` section), for task-list images."""
+    if data.get("dataset", "omniglot") == "folder":
+        return FolderOptions.from_config(data).image
+    return ImageOptions.omniglot(int(data.get("image_size", 28)), data.get("resample", "lanczos"))
+
+
+# ------------------------------------------------------------------ one image
+
+
+def open_image(source, name: str, decode: bool = True):
+    """A PIL image from a path or bytes; unreadable files raise DataError naming them.
+
+    decode=False reads the header only (mode and size), which is cheap.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if decode:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
+        raise DataError(f"{name}: unreadable image file ({error})") from error
+    return image
+
+
+def file_channels(image) -> int:
+    """1 for a grey file, 3 for a colour one (palette images count as colour)."""
+    return 1 if image.mode in GREY_MODES else 3
+
+
+def image_array(image, options: ImageOptions, channels: int) -> np.ndarray:
+    """PIL image -> float32 (size, size) for 1 channel or (3, size, size), background 0."""
+    from PIL import Image
+
+    image = image.convert("L" if channels == 1 else "RGB")
+    size = options.image_size
+    image = image.resize((size, size), getattr(Image.Resampling, options.resample.upper()))
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    if channels == 3:
+        array = np.moveaxis(array, -1, 0)
+    if options.invert is True or (options.invert == "auto" and has_light_background(array)):
+        array = 1.0 - array
+    return np.ascontiguousarray(array)
+
+
+def has_light_background(array: np.ndarray) -> bool:
+    """Median border pixel (grey level, averaged over channels) above 0.5."""
+    grey = array if array.ndim == 2 else array.mean(axis=0)
+    border = np.concatenate([grey[0], grey[-1], grey[1:-1, 0], grey[1:-1, -1]])
+    return bool(np.median(border) > 0.5)
+
+
+def load_image(source, options: ImageOptions, name: str | None = None, channels: int | None = None) -> np.ndarray:
+    """The one image loader: a path or PNG/JPEG bytes -> preprocessed float32 array.
+
+    `channels` (1 or 3) overrides `options.channels`; with neither, the file decides.
+    """
+    name = name or ("<bytes>" if isinstance(source, bytes) else str(source))
+    image = open_image(source, name)
+    return image_array(image, options, channels or options.channels or file_channels(image))
+
+
+def common_channels(sources, names, options: ImageOptions) -> int:
+    """The channel count of a set of files: `options.channels`, or the files' common one.
+
+    A mix of grey and colour files is an error naming one file of each kind.
+    """
+    if options.channels is not None:
+        return options.channels
+    first = {}
+    for source, name in zip(sources, names):
+        with open_image(source, name, decode=False) as image:
+            first.setdefault(file_channels(image), name)
+    if len(first) > 1:
+        raise DataError(
+            f"mixed channel counts: {first[1]} is grey, {first[3]} is colour; set "
+            "data.folder.channels to 1 (convert all to grey) or 3 (all to RGB)"
+        )
+    return next(iter(first), 1)
+
+
+def load_images(sources, options: ImageOptions, names=None, progress: bool = False,
+                desc: str = "images") -> np.ndarray:
+    """Many images, one channel count: (N, H, W) for grey, (N, 3, H, W) for RGB."""
+    from mnk.progress import progress_bar
+
+    sources = list(sources)
+    names = [str(s) for s in sources] if names is None else list(names)
+    channels = common_channels(sources, names, options)
+    size = options.image_size
+    out = np.zeros((len(sources), size, size) if channels == 1 else (len(sources), 3, size, size), np.float32)
+    bar = progress_bar(len(sources), desc, "img") if progress else None
+    for k, (source, name) in enumerate(zip(sources, names)):
+        out[k] = load_image(source, options, name, channels)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+# ------------------------------------------------------------------ a folder dataset
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def scan_classes(root: str | os.PathLike) -> dict[str, list[Path]]:
+    """{class (relative POSIX path of the folder): sorted image files} under `root`.
+
+    Every leaf folder is a class; one without images is an error, and so is a folder
+    that holds images as well as sub-folders (its class would contain other classes).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist")
+    classes: dict[str, list[Path]] = {}
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        folder = Path(folder)
+        images = sorted(folder / f for f in files
+                        if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        rel = folder.relative_to(root).as_posix()
+        if images and folder == root:
+            raise DataError(f"{images[0]}: image directly in the root {root}; put each class in its own folder")
+        if images and dirs:
+            raise DataError(f"{folder}: holds images and sub-folders ({dirs[0]}); a class folder "
+                            "must not contain other class folders")
+        if not dirs and folder != root:
+            if not images:
+                raise DataError(f"{folder}: empty class (no image files: {', '.join(IMAGE_EXTENSIONS)})")
+            classes[rel] = images
+    if not classes:
+        raise DataError(f"image folder {root} has no class folders with images")
+    return dict(sorted(classes.items(), key=lambda item: PurePosixPath(item[0]).parts))
+
+
+def check_class_sizes(classes: dict[str, list[Path]], images_per_class: int | None, root) -> None:
+    """Every class has at least `images_per_class` (shot + query) images."""
+    if images_per_class is None:
+        return
+    small = [(name, len(files)) for name, files in classes.items() if len(files) < images_per_class]
+    if small:
+        listed = ", ".join(f"{name} ({count})" for name, count in small[:SHOW])
+        more = f" and {len(small) - SHOW} more" if len(small) > SHOW else ""
+        raise DataError(
+            f"{root}: {len(small)} classes have fewer images than shot + query = "
+            f"{images_per_class}: {listed}{more}"
+        )
+
+
+def split_classes(names: list[str], split: float) -> np.ndarray:
+    """Sorted-order split: the last ceil(split * n) classes are the test side (1)."""
+    n = len(names)
+    n_test = math.ceil(split * n)
+    if not 0 < n_test < n:
+        raise DataError(f"split {split} of {n} classes leaves one side empty; need >= 2 classes")
+    return np.r_[np.zeros(n - n_test, np.int8), np.ones(n_test, np.int8)]
+
+
+def _sides(train_root, test_root, split, images_per_class):
+    """[(classes, side)] for the training side and the test side, all checked."""
+    train = scan_classes(train_root)
+    check_class_sizes(train, images_per_class, train_root)
+    if test_root is None:
+        sides = split_classes(list(train), DEFAULT_SPLIT if split is None else split)
+        return [({c: f for (c, f), s in zip(train.items(), sides) if s == side}, side) for side in (0, 1)]
+    if split is not None:
+        raise ValueError("give either a test root or a split fraction, not both")
+    test = scan_classes(test_root)
+    check_class_sizes(test, images_per_class, test_root)
+    shared = sorted(set(train) & set(test))
+    if shared:
+        raise DataError(f"class {shared[0]!r} is in both {train_root} and {test_root} "
+                        f"({len(shared)} shared); test classes must be disjoint from training ones")
+    return [(train, 0), (test, 1)]
+
+
+def read_folder_dataset(train_root, test_root=None, *, image_size: int = 28, resample: str = "lanczos",
+                        invert="auto", channels: int | None = None, split: float | None = None,
+                        images_per_class: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
+    """Image folders -> the arrays of `mnk.data.preprocess` (images, alphabet, character,
+    drawer, split, alphabet_names, character_names). Images are (N, H, W) for grey data and
+    (N, 3, H, W) for RGB. Classes: training side first, each side sorted by relative path;
+    drawer = index of the image within its class (files sorted by name).
+
+    split: one root only, the test fraction of the sorted classes (DEFAULT_SPLIT).
+    images_per_class: shot + query, checked for every class when given.
+    """
+    options = ImageOptions(image_size, resample, invert, channels)
+    files, alphabet, character, drawer, sides = [], [], [], [], []
+    alphabet_ids: dict[str, int] = {}
+    character_names: list[str] = []
+    for classes, side in _sides(train_root, test_root, split, images_per_class):
+        for name, paths in classes.items():
+            first = PurePosixPath(name).parts[0]
+            character_names.append(name)
+            files += paths
+            alphabet += [alphabet_ids.setdefault(first, len(alphabet_ids))] * len(paths)
+            character += [len(character_names) - 1] * len(paths)
+            drawer += range(len(paths))
+            sides += [side] * len(paths)
+    images = load_images(files, options, progress=progress, desc="folder dataset")
+    log.info("%d images of %d classes (%d test), shape %s", len(files), len(character_names),
+             len(set(np.asarray(character)[np.asarray(sides) == 1])), images.shape[1:])
+    return {
+        "images": images,
+        "alphabet": np.asarray(alphabet, dtype=np.int32),
+        "character": np.asarray(character, dtype=np.int32),
+        "drawer": np.asarray(drawer, dtype=np.int32),
+        "split": np.asarray(sides, dtype=np.int8),
+        "alphabet_names": np.asarray(list(alphabet_ids)),
+        "character_names": np.asarray(character_names),
+    }
+
+
+def read_folder_options(options: FolderOptions, images_per_class: int | None = None,
+                        progress: bool = False) -> dict[str, np.ndarray]:
+    """`read_folder_dataset` from a checked `data` config section."""
+    image = options.image
+    return read_folder_dataset(options.train_root, options.test_root, image_size=image.image_size,
+                               resample=image.resample, invert=image.invert, channels=image.channels,
+                               split=options.split, images_per_class=images_per_class, progress=progress)
