@@ -188,16 +188,23 @@ def test_cntk_empty():
     assert cntk_gram(np.ones((0, 5, 5)), np.ones((2, 5, 5)), depth=3, backend="cpu").shape == (0, 2)
 
 
-def test_backend_selection(caplog):
-    have_cuda = select_backend("auto") == "cuda"
+def test_backend_selection(caplog, monkeypatch):
+    """Without CUDA (forced here, whatever the machine has): `cuda` is refused with the
+    reason, `auto` falls back to the CPU and says so; with CUDA, `auto` picks it."""
+    from mnk.kernels import cntk_cuda
+
     X = np.random.default_rng(0).standard_normal((2, 5, 5))
-    if not have_cuda:
-        with pytest.raises(RuntimeError, match="no CUDA GPU/CuPy available"):
-            cntk_gram(X, depth=3, backend="cuda")
-        with caplog.at_level(logging.DEBUG, logger="mnk.kernels"):
-            K = cntk_gram(X, depth=3, backend="auto")
-        assert "-> cpu" in caplog.text
-        np.testing.assert_array_equal(K, cntk_gram(X, depth=3, backend="cpu"))
+    monkeypatch.setattr(cntk_cuda, "cuda_unavailable_reason", lambda: "CuPy is not importable (test)")
+    assert select_backend("auto") == "cpu"
+    with pytest.raises(RuntimeError, match="no CUDA GPU/CuPy available.*CuPy is not importable"):
+        cntk_gram(X, depth=3, backend="cuda")
+    with caplog.at_level(logging.DEBUG, logger="mnk.kernels"):
+        K = cntk_gram(X, depth=3, backend="auto")
+    assert "-> cpu" in caplog.text
+    np.testing.assert_array_equal(K, cntk_gram(X, depth=3, backend="cpu"))
+    monkeypatch.setattr(cntk_cuda, "cuda_unavailable_reason", lambda: "")
+    assert select_backend("auto") == "cuda"
+    assert select_backend("cpu") == "cpu"
 
 
 # --------------------------------------------------------------------------- CNTK vs NT

@@ -180,11 +180,17 @@ def test_one_task_no_meta_term_is_plain_kernel_regression():
 
 
 def test_no_training_tasks_gives_task_regression():
+    """No training tasks: each test task's own kernel regression, written out here (unit-
+    diagonal normalisation of K + r1 I, then Kn[q, s] (Kn[s, s] + r1 I)^-1 Y)."""
     p = random_problem(seed=6)
+    r1 = 1e-5
     got = predict(p["K"], p["trS"][:0], p["trQ"][:0], p["trYs"][:0], p["trYq"][:0],
-                      p["teS"], p["teQ"], p["teYs"])
-    want = call(p, meta_time=0.0)
-    np.testing.assert_allclose(got, want, atol=1e-10)
+                  p["teS"], p["teQ"], p["teYs"], ridge=(r1, 1e-5))
+    d = np.sqrt(np.diag(p["K"]) + r1)
+    Kn = (p["K"] + r1 * np.eye(len(d))) / np.outer(d, d)
+    for t, (s, q, y) in enumerate(zip(p["teS"], p["teQ"], p["teYs"])):
+        want = Kn[np.ix_(q, s)] @ np.linalg.solve(Kn[np.ix_(s, s)] + r1 * np.eye(len(s)), y)
+        np.testing.assert_allclose(got[t], want, atol=1e-8)
 
 
 def test_invariant_to_permuting_training_tasks():
