@@ -317,7 +317,8 @@ def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
     np.savez(data, **omniglot)
     run_rule_script(env_venv(ENVS / "data.yaml"), tmp_path, "make_pool.py", input={"data": str(data)},
                     output={"pool": str(tmp_path / "pool.npz"), "images": str(tmp_path / "images.npz")},
-                    log=[str(tmp_path / "make_pool.log")], params={"spec": spec}, wildcards={})
+                    log=[str(tmp_path / "make_pool.log")], params={"spec": spec, "data": {}, "test_tasks": {}},
+                    wildcards={})
     saved = load_npz(tmp_path / "pool.npz")
     expected = make_pool(omniglot["character"], omniglot["drawer"], omniglot["split"], TaskSpec(**spec))
     for key, value in expected.items():
