@@ -5,20 +5,15 @@ preprocessed like the dataset's, follow the training and validation images."""
 
 from mnk.io import load_npz, save_npz
 from mnk.runtime import logged_run
-from mnk.tasklist import load_for_dataset, local_images, replace_test_tasks
+from mnk.tasklist import local_images, with_listed_test_tasks
 from mnk.tasks import TaskSpec, make_tasks
 
 with logged_run(snakemake.log[0], "make_tasks") as log:
     spec = TaskSpec(**snakemake.params.spec)
     data = load_npz(snakemake.input.data)
     tasks = make_tasks(data["character"], data["drawer"], data["split"], spec)
-    task_list = None
-    if snakemake.params.test_tasks:
-        task_list = load_for_dataset(snakemake.params.test_tasks["path"], snakemake.params.data, data["images"],
-                                     way=spec.way, shot=spec.shot, query=spec.query)
-        tasks, _ = replace_test_tasks(tasks, task_list)
-        log.info("test tasks: the %d of the list %s; tasks.n_test_tasks is ignored", task_list.n_tasks,
-                 task_list.list_id)
+    tasks, task_list = with_listed_test_tasks(tasks, snakemake.params.test_tasks, snakemake.params.data,
+                                              data["images"], spec, log)
     log.info(
         "%d train tasks over %d images of %d characters, %d val tasks (%d characters), %d test tasks (id %s)",
         len(tasks["train_support"]), spec.n_train_images, spec.n_characters,

@@ -356,3 +356,16 @@ def load_for_dataset(csv_path, data: dict, dataset_images, *, way=None, shot=Non
     channels = 1 if dataset_images.ndim == 3 else dataset_images.shape[1]
     options = replace(dataset_image_options(data), channels=channels)
     return read_task_list(csv_path, options, way=way, shot=shot, query=query)
+
+
+def with_listed_test_tasks(tasks: dict, test_tasks: dict, data: dict, dataset_images, spec, log):
+    """make_pool's and make_tasks' one step for `tasks.test_tasks`: (tasks with the list's
+    test tasks, the list), or (tasks, None) without a list (`test_tasks` params empty)."""
+    if not test_tasks:
+        return tasks, None
+    task_list = load_for_dataset(test_tasks["path"], data, dataset_images,
+                                 way=spec.way, shot=spec.shot, query=spec.query)
+    replaced, _ = replace_test_tasks(tasks, task_list)
+    log.info("test tasks: the %d of the list %s; tasks.n_test_tasks is ignored", task_list.n_tasks,
+             task_list.list_id)
+    return replaced, task_list
