@@ -5,9 +5,9 @@ import time
 import numba
 
 from mnk import kernels
-from mnk.blocks import block_identity, compute_block, write_block
+from mnk.blocks import block_identity, compute_block, prepare_images, write_block
 from mnk.io import load_npz
-from mnk.kernels.transform import transform_images
+from mnk.kernel_options import KernelOptions
 from mnk.plan import Block, PoolPlan, from_params
 from mnk.runtime import logged_run
 
@@ -16,7 +16,7 @@ with logged_run(snakemake.log[0], "kernel_block") as log:
     pool = from_params(PoolPlan, snakemake.params.pool)
     block = from_params(Block, snakemake.params.block)
     identity = snakemake.params.identity
-    options = identity["kernel"]
+    options = KernelOptions.from_section(identity["kernel"])
     pool_ids = load_npz(snakemake.input.pool)["image_ids"]
     raw = load_npz(snakemake.input.images)["images"]
     if len(raw) != pool.n_images or len(pool_ids) != pool.n_images:
@@ -24,14 +24,13 @@ with logged_run(snakemake.log[0], "kernel_block") as log:
                          f"{pool.n_images}; rerun make_pool (--forcerun make_pool)")
 
     def prepare(positions):
-        return transform_images(raw[slice(*positions)], image_size=options["image_size"], pad=options["pad"],
-                                standardize=options["standardize"], reference=raw[: pool.val_start])
+        return prepare_images(raw[slice(*positions)], options, reference=raw[: pool.val_start])
 
     X = prepare(block.rows)
     Z = X if block.cols == block.rows else prepare(block.cols)
     backend = snakemake.params.backend  # a run setting: it does not change values
     log.info("%s block %s rows %s cols %s, kernel %s", pool.name, block.name, block.rows, block.cols, options)
-    if options["type"] == "cntk":
+    if options.type == "cntk":
         log.info("CNTK backend: %s", kernels.select_backend(backend))
     start = time.perf_counter()
     values = compute_block(X, Z, block, options, pool.task_size, backend)

@@ -8,9 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from mnk.blocks import block_identity, check_computed, check_tasks_match_pool, compute_block, gather, write_block
+from mnk.blocks import (block_identity, check_computed, check_tasks_match_pool, compute_block, gather, prepare_images,
+                        write_block)
 from mnk.io import load_npz, save_npz
 from mnk.kernels import cntk_gram
+from mnk.kernel_options import KernelOptions
 from mnk.kernels.transform import transform_images
 from mnk.plan import Block, PoolPlan, kernel_identity
 from mnk.runtime import resolve_device
@@ -46,11 +48,10 @@ def _write_blocks(folder, data, seed=0, config=CONFIG, names=None):
     plan = _pool(seed)
     ids = make_pool(data["character"], data["drawer"], data["split"], _spec(max(CHARS), seed))["image_ids"]
     raw = data["images"][ids]
-    options = kernel_identity(config)["kernel"]
+    options = KernelOptions.from_section(kernel_identity(config)["kernel"])
 
     def prepare(positions):
-        return transform_images(raw[slice(*positions)], image_size=options["image_size"], pad=options["pad"],
-                                standardize=True, reference=raw[: plan.val_start])
+        return prepare_images(raw[slice(*positions)], options, reference=raw[: plan.val_start])
 
     paths = []
     for block in plan.blocks:
@@ -198,8 +199,8 @@ def test_nan_block_is_refused_and_not_written(tmp_path):
 
 def test_unknown_kernel_type_is_named():
     block = Block("train", 0, 0, (0, 2), (0, 2))
-    with pytest.raises(ValueError, match="kernel.type must be 'cntk' or 'ntk', got 'rbf'"):
-        compute_block(np.zeros((2, 3, 3)), None, block, {"type": "rbf"}, 2)
+    with pytest.raises(ValueError, match=r"kernel.type must be one of \('cntk', 'ntk'\), got 'rbf'"):
+        KernelOptions.from_section({"type": "rbf", "depth": 3})
 
 
 def test_missing_gpu_is_a_clear_error(monkeypatch):

@@ -303,9 +303,9 @@ def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
     """make_pool (data env) then kernel_block (kernels env) on a tiny pool: both run with
     nothing but their env, and agree with the host's computation."""
     from mnk import plan
-    from mnk.blocks import compute_block
+    from mnk.blocks import compute_block, prepare_images
     from mnk.io import load_npz
-    from mnk.kernels.transform import transform_images
+    from mnk.kernel_options import KernelOptions
     from mnk.tasks import TaskSpec, make_pool
 
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
@@ -333,11 +333,10 @@ def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
                             "backend": "cpu", "code": "x"},
                     wildcards={"pool": pool.name, "block": block.name})
     raw = load_npz(tmp_path / "images.npz")["images"]
-    options = identity["kernel"]
+    options = KernelOptions.from_section(identity["kernel"])
 
     def prepare(positions):
-        return transform_images(raw[slice(*positions)], image_size=options["image_size"], pad=options["pad"],
-                                standardize=options["standardize"], reference=raw[: pool.val_start])
+        return prepare_images(raw[slice(*positions)], options, reference=raw[: pool.val_start])
 
     X = prepare(block.rows)
     Z = X if block.cols == block.rows else prepare(block.cols)

@@ -64,7 +64,7 @@ def test_block_identity_ignores_runtime_settings(repo):
 
 
 @pytest.mark.parametrize("edit,message", [
-    ({"n_characters": [5, 12]}, r"tasks.n_characters \[12\] not a multiple of tasks.way 5"),
+    ({"n_characters": [5, 12]}, "tasks.n_characters 12 is not a multiple of tasks.way 5"),
     ({"query": 20}, r"tasks.shot \+ tasks.query = 1 \+ 20 = 21 exceeds"),
     ({"n_characters": [960]}, "exceeds the 964 training characters"),
     ({"n_val_characters": 2}, r"tasks.n_val_characters 2 is smaller than tasks.way 5"),

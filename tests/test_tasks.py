@@ -150,10 +150,10 @@ def test_no_validation_tasks(omniglot):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"n_characters": 7}, "multiple of way"),
+    ({"n_characters": 7}, "tasks.n_characters 7 is not a multiple of tasks.way 5"),
     ({"split": "random"}, "tasks.split must be one of"),
-    ({"n_test_tasks": 0}, "n_test_tasks must be >= 1"),
-    ({"n_val_characters": 3}, r"n_val_characters \(3\) must be >= way \(5\)"),
+    ({"n_test_tasks": 0}, "tasks.n_test_tasks must be an integer >= 1, got 0"),
+    ({"n_val_characters": 3}, "tasks.n_val_characters 3 is smaller than tasks.way 5"),
 ])
 def test_bad_specs_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -107,6 +107,7 @@ def test_tiny_run_produces_every_output(project):
 
 def test_assembled_kernel_equals_one_shot_gram(project):
     from mnk.blocks import base_kernel
+    from mnk.kernel_options import KernelOptions
     from mnk.io import load_npz
     from mnk.kernels.transform import transform_images
 
@@ -122,7 +123,7 @@ def test_assembled_kernel_equals_one_shot_gram(project):
     k = config["kernel"]
     images = transform_images(raw, image_size=k["image_size"], pad=k["pad"], standardize=k["standardize"],
                               reference=pool_raw[: int(pool["n_train_images"])])
-    full = base_kernel(images, None, k)
+    full = base_kernel(images, None, KernelOptions.from_section(k))
     computed = kernel["computed"]
     np.testing.assert_allclose(kernel["K"][computed], full[computed], rtol=1e-12, atol=0)
     # Exactly the needed pairs: train x train, (val, test) x train, within each val/test task.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mnk.kernel_options import KernelOptions
 from mnk.plan import Block, PoolPlan, short_hash
 from mnk.tasks import image_ids_hash
 
@@ -24,28 +25,31 @@ log = logging.getLogger("mnk.blocks")
 RECOVER = "delete it (or run snakemake with --forcerun kernel_block) and rerun"
 
 
-def base_kernel(X, Z, params: dict, backend: str = "auto"):
-    """The configured base kernel (cntk or ntk) between image sets X and Z (Z=None: X)."""
+def prepare_images(images, options: KernelOptions, reference):
+    """Raw pool images as the kernel sees them (resized, padded, standardised by `reference`)."""
+    from mnk.kernels.transform import transform_images
+
+    return transform_images(images, image_size=options.image_size, pad=options.pad,
+                            standardize=options.standardize, reference=reference)
+
+
+def base_kernel(X, Z, options: KernelOptions, backend: str = "auto"):
+    """The configured base kernel (cntk or ntk) between prepared image sets X and Z (Z=None: X)."""
     from mnk import kernels
 
-    if params["type"] == "cntk":
-        extra = {"dtype": params["dtype"]} if "dtype" in params else {}
-        return kernels.cntk_gram(X, Z, depth=params["depth"], gap=params["gap"], fix=params["fix"],
-                                 backend=backend, **extra)
-    if params["type"] == "ntk":
-        return kernels.ntk_gram(X, Z, depth=params["depth"])
-    raise ValueError(f"kernel.type must be 'cntk' or 'ntk', got {params['type']!r}")
+    if options.type == "cntk":
+        return kernels.cntk_gram(X, Z, depth=options.depth, gap=options.gap, fix=options.fix,
+                                 backend=backend, dtype=options.dtype)
+    return kernels.ntk_gram(X, Z, depth=options.depth)
 
 
-def compute_block(X, Z, block: Block, params: dict, task_size: int, backend: str = "auto"):
+def compute_block(X, Z, block: Block, options: KernelOptions, task_size: int, backend: str = "auto"):
     """Kernel values of a block, X its row images, Z its column images (prepared for the
     kernel). Within-task blocks give (tasks, task_size, task_size)."""
     if block.kind == "task":
         tasks = np.asarray(X).reshape(-1, task_size, *np.shape(X)[1:])
-        return np.stack([base_kernel(task, None, params, backend) for task in tasks])
-    if block.rows == block.cols:
-        return base_kernel(X, None, params, backend)
-    return base_kernel(X, Z, params, backend)
+        return np.stack([base_kernel(task, None, options, backend) for task in tasks])
+    return base_kernel(X, None if block.rows == block.cols else Z, options, backend)
 
 
 def block_identity(pool: PoolPlan, block: Block, pool_ids, identity: dict) -> dict:

@@ -14,9 +14,11 @@ import math
 import os
 from pathlib import Path
 
+from mnk.checks import as_list
+from mnk.kernel_options import KernelOptions
 from mnk.omniglot import ARCHIVES, DRAWERS, pool_sizes
+from mnk.task_spec import grid_problems
 
-CNTK_MIN_DEPTH = 2  # the CNTK recursion needs one hidden layer (mnk.kernels.check_depth)
 GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")  # NVIDIA driver, ROCm
 
 
@@ -39,25 +41,15 @@ def check_config(config: dict, workdir: str | os.PathLike = ".", environ=None) -
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _as_list(value) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def task_problems(tasks: dict, dataset: str = "omniglot") -> list[str]:
     """Every (way, shot, n_characters) of the grid must make tasks of the chosen split.
 
-    Omniglot's counts (20 images per character, the split's characters) bound the grid for
-    `data.dataset: omniglot` only; a folder dataset's counts are checked against the data
+    The rules of one experiment's settings are TaskSpec's (mnk.task_spec); Omniglot's counts
+    (20 images per character, the split's characters) bound the grid for `data.dataset:
+    omniglot` only; a folder dataset's counts are checked against the data
     (preprocess_folder: shot + query per class; make_pool: characters per side)."""
-    problems = []
-    ways, shots, sizes = (_as_list(tasks.get(key, [])) for key in ("way", "shot", "n_characters"))
-    for way in ways:
-        bad = [n for n in sizes if n < way or n % way]
-        if bad:
-            problems.append(
-                f"tasks.n_characters {bad} not a multiple of tasks.way {way}: training tasks split the "
-                f"training characters into groups of {way}"
-            )
+    ways, shots, sizes = (as_list(tasks.get(key, [])) for key in ("way", "shot", "n_characters"))
+    problems = grid_problems(tasks)
     query = tasks.get("query")
     if dataset != "omniglot":
         if tasks.get("split") == "original":
@@ -90,9 +82,6 @@ def _pool_problems(tasks: dict, ways: list, sizes: list) -> list[str]:
         problems.append(f"{what} exceeds the {n_train} training characters of tasks.split {split!r}")
     if ways and max(ways) > n_test:
         problems.append(f"tasks.way {max(ways)} exceeds the {n_test} test characters of tasks.split {split!r}")
-    if tasks.get("n_val_tasks") and ways and max(ways) > n_val:
-        problems.append(f"tasks.n_val_characters {n_val} is smaller than tasks.way {max(ways)}: a "
-                        "validation task needs `way` distinct characters")
     return problems
 
 
@@ -106,7 +95,7 @@ def task_list_problems(tasks: dict, workdir: Path = Path(".")) -> list[str]:
     path = tasks.get("test_tasks")
     if not path:
         return []
-    ways, shots = _as_list(tasks.get("way", [])), _as_list(tasks.get("shot", []))
+    ways, shots = as_list(tasks.get("way", [])), as_list(tasks.get("shot", []))
     if len(ways) != 1 or len(shots) != 1:
         return [f"tasks.test_tasks: the list fixes way and shot, so tasks.way ({ways}) and tasks.shot "
                 f"({shots}) must hold one value each"]
@@ -127,26 +116,27 @@ def list_path(path, workdir: Path = Path(".")) -> Path:
 
 
 def kernel_problems(kernel: dict) -> list[str]:
-    shallow = [d for d in _as_list(kernel.get("depth", [])) if isinstance(d, int) and d < CNTK_MIN_DEPTH]
-    if kernel.get("type") == "cntk" and shallow:
-        return [f"kernel.depth {shallow[0]} is too shallow for kernel.type 'cntk' (needs >= "
-                f"{CNTK_MIN_DEPTH}: the CNTK recursion has at least one hidden layer)"]
+    """The kernel's own rules (mnk.kernel_options), e.g. a CNTK needs depth >= 2."""
+    try:
+        KernelOptions.from_section(kernel)
+    except (TypeError, ValueError) as error:
+        return [str(error)]
     return []
 
 
 def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
     problems = []
-    r2 = _as_list(mnk.get("grid", {}).get("r2", []))
-    for key, values in (("mnk.r1", _as_list(mnk.get("r1", []))), ("mnk.grid.r2", r2)):
+    r2 = as_list(mnk.get("grid", {}).get("r2", []))
+    for key, values in (("mnk.r1", as_list(mnk.get("r1", []))), ("mnk.grid.r2", r2)):
         if any(isinstance(r, (int, float)) and not math.isfinite(r) for r in values):
             problems.append(f"{key} {values} must be finite")
     grid = mnk.get("grid", {})
-    settings = math.prod(len(_as_list(grid.get(key, [None]))) for key in ("r2", "targets", "decoder"))
+    settings = math.prod(len(as_list(grid.get(key, [None]))) for key in ("r2", "targets", "decoder"))
     if settings > 1 and not tasks.get("n_val_tasks"):
         problems.append(f"mnk.grid has {settings} settings to choose from but tasks.n_val_tasks is 0: "
                         "selection needs validation tasks (or give the grid one value per key)")
     if mnk.get("solver") == "lowrank":
-        finite = [t for t in _as_list(mnk.get("meta_time", math.inf))
+        finite = [t for t in as_list(mnk.get("meta_time", math.inf))
                   if isinstance(t, (int, float)) and math.isfinite(t)]
         if finite:
             problems.append(

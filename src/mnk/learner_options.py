@@ -8,9 +8,10 @@ Plain Python (no numpy, no torch): the Snakefile and `make cost` read the traini
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
+
+from mnk.checks import is_bool, is_int, is_number, require
 
 NETWORKS = ("conv3", "conv4", "imaml4")  # built by mnk.nets.build_network
 
@@ -19,22 +20,6 @@ TASK_SAMPLING = ("resample", "fixed")
 IMPLEMENTATIONS = ("vmap", "loop")
 EPOCH_UPDATES = ("all", "last")
 AUTO_META_BATCH_CAP = 32  # the original: batchsz = min(32, n_characters)
-
-def _require(ok: bool, key: str, must: str, value) -> None:
-    if not ok:
-        raise ValueError(f"{key} must be {must}, got {value!r}")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not _is_bool(value)
-
-
-def _is_bool(value) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy's too
-
-
-def _is_number(value) -> bool:
-    return _is_int(value) or isinstance(value, numbers.Real) and not _is_bool(value)
 
 
 @dataclass(frozen=True)
@@ -69,31 +54,31 @@ class _MetaLearnerOptions:
 
     def _validate(self) -> None:
         k = self._key
-        _require(self.network in NETWORKS, k("network"), f"one of {NETWORKS}", self.network)
+        require(self.network in NETWORKS, k("network"), f"one of {NETWORKS}", self.network)
         for name in ("hidden", "eval_every", "eval_chunk"):
             value = getattr(self, name)
-            _require(_is_int(value) and value >= 1, k(name), "an integer >= 1", value)
+            require(is_int(value) and value >= 1, k(name), "an integer >= 1", value)
         for name in ("inner_steps", "test_inner_steps"):
             value = getattr(self, name)
-            _require(_is_int(value) and value >= 0, k(name), "an integer >= 0", value)
-        _require(_is_number(self.inner_lr) and self.inner_lr > 0, k("inner_lr"), "a number > 0",
+            require(is_int(value) and value >= 0, k(name), "an integer >= 0", value)
+        require(is_number(self.inner_lr) and self.inner_lr > 0, k("inner_lr"), "a number > 0",
                  self.inner_lr)
         # meta_lr 0 is allowed: the same run without meta-training (a baseline and a test)
-        _require(_is_number(self.meta_lr) and self.meta_lr >= 0, k("meta_lr"), "a number >= 0",
+        require(is_number(self.meta_lr) and self.meta_lr >= 0, k("meta_lr"), "a number >= 0",
                  self.meta_lr)
-        _require((self.meta_iterations is None) != (self.epochs is None), k("meta_iterations"),
+        require((self.meta_iterations is None) != (self.epochs is None), k("meta_iterations"),
                  f"set, or else {k('epochs')}, but not both", (self.meta_iterations, self.epochs))
         for name in ("meta_iterations", "epochs"):
             value = getattr(self, name)
-            _require(value is None or (_is_int(value) and value >= 1), k(name),
+            require(value is None or (is_int(value) and value >= 1), k(name),
                      "an integer >= 1", value)
         mb = self.meta_batch_size
-        _require(mb == "auto" or (_is_int(mb) and mb >= 1), k("meta_batch_size"),
+        require(mb == "auto" or (is_int(mb) and mb >= 1), k("meta_batch_size"),
                  "an integer >= 1 or 'auto'", mb)
         for name, choices in (("implementation", IMPLEMENTATIONS), ("task_sampling", TASK_SAMPLING),
                               ("epoch_updates", EPOCH_UPDATES)):
             value = getattr(self, name)
-            _require(value in choices, k(name), f"one of {choices}", value)
+            require(value in choices, k(name), f"one of {choices}", value)
 
     # ---- the budget of one experiment with `n_characters` training characters
     def meta_batch(self, n_characters: int) -> int:
@@ -125,7 +110,7 @@ class MAMLOptions(_MetaLearnerOptions):
 
     def _validate(self) -> None:
         super()._validate()
-        _require(_is_bool(self.first_order), self._key("first_order"),
+        require(is_bool(self.first_order), self._key("first_order"),
                  "true or false", self.first_order)
 
 
@@ -155,13 +140,13 @@ class IMAMLOptions(_MetaLearnerOptions):
     def _validate(self) -> None:
         super()._validate()
         k = self._key
-        _require(_is_int(self.cg_steps) and self.cg_steps >= 1, k("cg_steps"),
+        require(is_int(self.cg_steps) and self.cg_steps >= 1, k("cg_steps"),
                  "an integer >= 1", self.cg_steps)
-        _require(_is_number(self.lam) and self.lam > 0, k("lam"), "a number > 0", self.lam)
+        require(is_number(self.lam) and self.lam > 0, k("lam"), "a number > 0", self.lam)
         for name in ("cg_damping", "lam_damping"):
             value = getattr(self, name)
-            _require(_is_number(value) and value >= 0, k(name), "a number >= 0", value)
-        _require(_is_bool(self.proximal_first_step_only),
+            require(is_number(value) and value >= 0, k(name), "a number >= 0", value)
+        require(is_bool(self.proximal_first_step_only),
                  k("proximal_first_step_only"), "true or false", self.proximal_first_step_only)
 
 
@@ -189,7 +174,7 @@ def options_from_config(method: str, section: Mapping | None = None):
     if "epochs" in section and "meta_iterations" not in section:
         section["meta_iterations"] = None
     for key, value in section.items():  # YAML may write a float as an int (0.1 vs 1)
-        if fields[key].type in ("float", float) and _is_int(value):
+        if fields[key].type in ("float", float) and is_int(value):
             section[key] = float(value)
     return cls(**section)
 

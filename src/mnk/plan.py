@@ -22,11 +22,11 @@ import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
+from mnk.kernel_options import RUNTIME_KEYS  # how, not what, is computed: not in a block's identity
+
 EXPERIMENT_PATTERN = r"(\d+)way(\d+)shot-(\d+)char-seed(\d+)"
 POOL_PATTERN = r"pool-(\d+)way(\d+)shot-seed(\d+)"
 BLOCK_PATTERN = r"(train|cross|task)-\d+-\d+"
-# Kernel settings that change how, not what, is computed: not part of a block's identity.
-RUNTIME_KEYS = ("backend", "block_size", "threads", "cpu_threads")
 
 @dataclass(frozen=True)
 class Block:

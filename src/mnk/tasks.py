@@ -27,68 +27,15 @@ order. All task arrays are class-major: labels are repeat(arange(way), shot|quer
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
 from mnk.omniglot import DRAWERS, ORIGINAL_TRAIN_CHARACTERS, SPLITS  # noqa: F401 (re-exported)
+from mnk.task_spec import TaskSpec  # noqa: F401 (re-exported: the sampler's options)
 
 # Seeded streams, one per part of the design (values are arbitrary, fixed forever).
 _VAL_CHARACTERS, _TRAIN_ORDER, _TRAIN_IMAGES, _VAL_TASKS, _TEST_TASKS, _TRAIN_TASKS = range(1, 7)
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    way: int
-    shot: int
-    query: int
-    n_characters: int
-    seed: int
-    enlarge_ratio: int = 1
-    n_test_tasks: int = 100
-    n_val_tasks: int = 20
-    n_val_characters: int = 20
-    split: str = "background"
-
-    def __post_init__(self):
-        if self.split not in SPLITS:
-            raise ValueError(f"tasks.split must be one of {SPLITS}, got {self.split!r}")
-        for key in ("way", "shot", "query", "n_characters", "enlarge_ratio", "n_test_tasks"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_val_tasks", "n_val_characters"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
-        if self.n_val_tasks and self.n_val_characters < self.way:
-            raise ValueError(f"n_val_characters ({self.n_val_characters}) must be >= way ({self.way}) "
-                             "when n_val_tasks > 0")
-        if self.n_characters < self.way or self.n_characters % self.way:
-            raise ValueError(
-                f"n_characters ({self.n_characters}) must be a positive multiple of way ({self.way})"
-            )
-
-    @property
-    def images_per_class(self) -> int:
-        return self.shot + self.query
-
-    @property
-    def n_train_tasks(self) -> int:
-        return self.enlarge_ratio * (self.n_characters // self.way)
-
-    @property
-    def n_train_images(self) -> int:
-        return self.n_characters * self.images_per_class
-
-    @property
-    def n_val_images(self) -> int:
-        return self.n_val_tasks * self.way * self.images_per_class
-
-    @property
-    def n_test_images(self) -> int:
-        return self.n_test_tasks * self.way * self.images_per_class
-
-    def rng(self, stream: int, *more: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, stream, *more])
 
 
 def character_pools(character: np.ndarray, split: np.ndarray, split_name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,7 @@ def select_backend(backend: str = "auto") -> str:
     return "cuda"
 
 
-DTYPES = ("float32", "float64")
+from mnk.kernel_options import DTYPES  # noqa: E402 (one list, with the config's options)
 
 
 def check_dtype(dtype) -> str:

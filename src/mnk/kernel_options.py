@@ -1,0 +1,55 @@
+"""The base kernel's options: one frozen, validated object, built once from the `kernel`
+config section (errors name the key) and passed whole to the kernel jobs.
+
+Plain Python (no numpy): `mnk.config_checks` builds it in Snakemake's own environment, so the
+kernel's rules are checked in one place before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+from mnk.checks import is_bool, is_int, require
+
+KERNEL_TYPES = ("cntk", "ntk")
+DTYPES = ("float32", "float64")  # arithmetic of the CPU CNTK (mnk.kernels.cntk_gram)
+MIN_DEPTH = {"cntk": 2, "ntk": 1}  # the CNTK recursion needs one hidden layer
+# Keys of the section that decide how a kernel is computed, not its values.
+RUNTIME_KEYS = ("backend", "block_size", "threads", "cpu_threads")
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """What decides a base-kernel value of two raw images (`kernel` section, less run settings)."""
+
+    type: str = "cntk"
+    depth: int = 5
+    gap: bool = True  # global average pooling, else the trace
+    fix: bool = False  # first and last layers fixed
+    dtype: str = "float64"
+    image_size: int | None = None  # images are area-resized to this side (None: as preprocessed)
+    pad: int = 0  # zero border added after the resize
+    standardize: bool = True  # by the training images' pixel mean and std
+
+    def __post_init__(self):
+        require(self.type in KERNEL_TYPES, "kernel.type", f"one of {KERNEL_TYPES}", self.type)
+        least = MIN_DEPTH[self.type]
+        require(is_int(self.depth) and self.depth >= least, "kernel.depth",
+                f"an integer >= {least} for kernel.type {self.type!r}", self.depth)
+        for name in ("gap", "fix", "standardize"):
+            require(is_bool(getattr(self, name)), f"kernel.{name}", "true or false", getattr(self, name))
+        require(self.dtype in DTYPES, "kernel.dtype", f"one of {DTYPES}", self.dtype)
+        require(self.image_size is None or is_int(self.image_size) and self.image_size >= 3,
+                "kernel.image_size", "an integer >= 3 (or empty)", self.image_size)
+        require(is_int(self.pad) and self.pad >= 0, "kernel.pad", "an integer >= 0", self.pad)
+
+    @classmethod
+    def from_section(cls, section: Mapping) -> "KernelOptions":
+        """From the `kernel` config section (or a block's identity); run settings are ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(section) - fields - set(RUNTIME_KEYS))
+        if unknown:
+            raise ValueError(f"unknown option kernel.{unknown[0]}; valid options: {sorted(fields)}")
+        return cls(**{key: value for key, value in section.items() if key in fields})

@@ -1,0 +1,94 @@
+"""One experiment's task settings: a frozen, validated object built from the `tasks` config
+section (errors name the key) and passed whole to the task sampler (`mnk.tasks`).
+
+Plain Python (numpy only inside `rng`): `mnk.config_checks` builds one per grid point in
+Snakemake's own environment, so these rules are stated once and checked before any job.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import MISSING, asdict, dataclass, fields
+
+from mnk.checks import as_list, is_int
+from mnk.omniglot import SPLITS
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    way: int
+    shot: int
+    query: int
+    n_characters: int
+    seed: int
+    enlarge_ratio: int = 1
+    n_test_tasks: int = 100
+    n_val_tasks: int = 20
+    n_val_characters: int = 20
+    split: str = "background"
+
+    def __post_init__(self):
+        problems = spec_problems(asdict(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def images_per_class(self) -> int:
+        return self.shot + self.query
+
+    @property
+    def n_train_tasks(self) -> int:
+        return self.enlarge_ratio * (self.n_characters // self.way)
+
+    @property
+    def n_train_images(self) -> int:
+        return self.n_characters * self.images_per_class
+
+    @property
+    def n_val_images(self) -> int:
+        return self.n_val_tasks * self.way * self.images_per_class
+
+    @property
+    def n_test_images(self) -> int:
+        return self.n_test_tasks * self.way * self.images_per_class
+
+    def rng(self, stream: int, *more: int):
+        import numpy as np
+
+        return np.random.default_rng([self.seed, stream, *more])
+
+
+_LEAST = {"way": 1, "shot": 1, "query": 1, "n_characters": 1, "enlarge_ratio": 1, "n_test_tasks": 1,
+          "n_val_tasks": 0, "n_val_characters": 0}
+
+
+def spec_problems(settings: dict) -> list[str]:
+    """Every rule the settings of one experiment (TaskSpec's fields) break, naming `tasks.` keys."""
+    split = settings["split"]
+    problems = [] if split in SPLITS else [f"tasks.split must be one of {SPLITS}, got {split!r}"]
+    for key, least in _LEAST.items():
+        if not (is_int(settings[key]) and settings[key] >= least):
+            problems.append(f"tasks.{key} must be an integer >= {least}, got {settings[key]!r}")
+    if problems:
+        return problems
+    way, n_characters = settings["way"], settings["n_characters"]
+    if n_characters < way or n_characters % way:
+        problems.append(f"tasks.n_characters {n_characters} is not a multiple of tasks.way {way}: training tasks "
+                        f"split the training characters into groups of {way}")
+    if settings["n_val_tasks"] and settings["n_val_characters"] < way:
+        problems.append(f"tasks.n_val_characters {settings['n_val_characters']} is smaller than tasks.way {way}: "
+                        "a validation task needs `way` distinct characters")
+    return problems
+
+
+def grid_problems(tasks: dict) -> list[str]:
+    """spec_problems over every (way, shot, n_characters) of a `tasks` section, each once.
+
+    Keys the section leaves out take TaskSpec's defaults (a missing key is the schema's business)."""
+    defaults = {f.name: f.default for f in fields(TaskSpec) if f.default is not MISSING}
+    given = {key: value for key, value in tasks.items() if key in _LEAST or key == "split"}
+    problems = []
+    for way, shot, size in itertools.product(*(as_list(tasks.get(key, [])) for key in ("way", "shot", "n_characters"))):
+        settings = {**defaults, "query": 1, **given, "way": way, "shot": shot, "n_characters": size, "seed": 0}
+        problems += [p for p in spec_problems(settings) if p not in problems]
+    return problems
