@@ -78,10 +78,10 @@ class PerLayerCNTK:
 
     def norms(self, X, depth):
         """Per-image, per-layer (L, 1/L) as float32 device arrays (n, depth-1, P)."""
-        from mnk.kernels.cntk_cuda import diag_layers
+        from mnk.kernels.cntk_cuda import layer_variances
 
         cp = self.cp
-        D = diag_layers(cp.asarray(X, dtype=cp.float64), depth)
+        D = layer_variances(cp.asarray(X, dtype=cp.float64), depth)
         L = cp.sqrt(D)
         iL = cp.where(L > 0, 1.0 / cp.where(L > 0, L, 1.0), 0.0)
         n = len(X)

@@ -18,7 +18,7 @@ $PY -c "import cupy, numpy; print('cupy', cupy.__version__, 'numpy', numpy.__ver
 echo "== kernel resources (nvcc -Xptxas -v, 32x32) and SASS"
 TMP=$(mktemp -d)
 SASS_ARG=()
-$PY -c "from mnk.kernels.cntk_cuda import KERNEL_SOURCE; open('$TMP/k.cu','w').write(KERNEL_SOURCE)"
+cp "$($PY -c 'from mnk.kernels.cntk_cuda import KERNEL_PATH; print(KERNEL_PATH)')" "$TMP/k.cu"
 if command -v nvcc >/dev/null; then
   nvcc -cubin -arch=sm_90 -DKH=32 -DKW=32 -Xptxas -v "$TMP/k.cu" -o "$TMP/k.cubin" > "$OUT/sass_stats.txt" 2>&1
   grep -E "registers|spill" "$OUT/sass_stats.txt"

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from mnk.kernels import cntk_cuda
-from mnk.kernels.cntk_cuda import KERNEL_SOURCE, cuda_available
+from mnk.kernels.cntk_cuda import cuda_available, kernel_source
 from mnk.kernels.reference import cntk_gram_reference
 
 try:
@@ -137,12 +137,12 @@ def emu_kernels(H, W, use_double=False, acos_poly=1):
     cxx = _cxx()
     if cxx is None:
         pytest.skip("no C++ compiler for the host emulation")
-    tag = hashlib.sha1((EMU_SHIM + KERNEL_SOURCE + repr(key)).encode()).hexdigest()[:16]
+    tag = hashlib.sha1((EMU_SHIM + kernel_source() + repr(key)).encode()).hexdigest()[:16]
     d = Path(tempfile.gettempdir()) / f"mnk_cntk_emu_{tag}"
     lib = d / "emu.so"
     if not lib.exists():
         d.mkdir(parents=True, exist_ok=True)
-        (d / "kernel.cu").write_text(KERNEL_SOURCE)
+        (d / "kernel.cu").write_text(kernel_source())
         (d / "emu.cpp").write_text(EMU_SHIM)
         cmd = [cxx, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-x", "c++",
                f"-DKH={H}", f"-DKW={W}", f"-DACOS_POLY={acos_poly}", f"-DUSE_DOUBLE={int(bool(use_double))}",
@@ -247,14 +247,14 @@ def test_tril_pairs_cover_strict_lower_triangle():
     assert np.all(i > j) and np.all(j >= 0) and np.array_equal(i.astype(np.int64) * (i - 1) // 2 + j, k)
 
 
-def test_diag_layers_match_cpu_norms():
+def test_layer_variances_match_cpu_norms():
     if cntk_gram_cpu is None:
         pytest.skip("CPU backend not importable")
     from mnk.kernels.cntk_cpu import image_layer_norms
 
     rng = np.random.default_rng(3)
     X = random_images(rng, 3, 2, 7, 6)
-    D = cntk_cuda.diag_layers(X, 5)
+    D = cntk_cuda.layer_variances(X, 5)
     L, _ = image_layer_norms(X, 5)
     assert np.allclose(D, L**2, rtol=1e-12, atol=0)
 

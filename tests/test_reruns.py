@@ -165,7 +165,8 @@ def test_code_files_follow_lazy_imports_and_skip_plumbing():
     files = {p.relative_to(REPO).as_posix() for p in code_files(REPO / "scripts" / "kernel_block.py")}
     # cntk_cpu / cntk_cuda are imported inside functions only: they are still the kernel's code
     assert {"scripts/kernel_block.py", "src/mnk/__init__.py", "src/mnk/kernels/__init__.py",
-            "src/mnk/kernels/cntk_cpu.py", "src/mnk/kernels/cntk_cuda.py", "src/mnk/blocks.py"} <= files
+            "src/mnk/kernels/cntk_cpu.py", "src/mnk/kernels/cntk_cuda.py", "src/mnk/kernels/cntk_cuda.cu",
+            "src/mnk/blocks.py"} <= files
     assert "src/mnk/maml.py" not in files
     for module in NOT_RESULT_CODE:
         assert f"src/{module.replace('.', '/')}.py" not in files
@@ -177,3 +178,19 @@ def test_code_hash_differs_between_rules_and_is_stable():
     assert kernel == code_hash.__wrapped__(str(REPO / "scripts" / "kernel_block.py"), src)
     assert kernel != code_hash(str(REPO / "scripts" / "train_meta_learner.py"), src)
     assert re.fullmatch(r"[0-9a-f]{16}", kernel)
+
+
+def test_cuda_source_file_is_code_but_its_comments_are_not(tmp_path):
+    """cntk_cuda.cu is read at run time: an edit reruns the kernel blocks, a comment does not."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "src", src)
+    script = str(REPO / "scripts" / "kernel_block.py")
+    before = code_hash.__wrapped__(script, str(src))
+    cu = src / "mnk" / "kernels" / "cntk_cuda.cu"
+    text = cu.read_text()
+    cu.write_text("// a new comment\n" + text.replace(";\n", ";  /* note */\n", 1) + "\n\n")
+    assert code_hash.__wrapped__(script, str(src)) == before
+    cu.write_text(text.replace("#define TPW (32 / KW)", "#define TPW (16 / KW)"))
+    assert code_hash.__wrapped__(script, str(src)) != before
+    assert code_hash.__wrapped__(str(REPO / "scripts" / "solve_mnk.py"), str(src)) == \
+        code_hash.__wrapped__(str(REPO / "scripts" / "solve_mnk.py"), str(REPO / "src"))

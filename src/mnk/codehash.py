@@ -6,6 +6,10 @@ paths), each as its syntax tree with docstrings removed. So a comment, a docstri
 reformatting or a new mtime (a checkout, a copy) changes nothing, and any change to code the
 result runs through changes the hash, which Snakemake's params trigger then reruns.
 
+A module's resource files count as its code: the files beside it with its name and a suffix
+in :data:`RESOURCE_SUFFIXES` (``cntk_cuda.cu``, read by ``cntk_cuda.py`` at run time), as
+their text without C comments and blank lines.
+
 Modules in :data:`NOT_RESULT_CODE` (logging, progress bars, device resolution) are left out:
 they never change a number. Code that computes values must not live there.
 """
@@ -15,14 +19,21 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import re
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1]
 NOT_RESULT_CODE = frozenset({"mnk.runtime", "mnk.progress"})
+RESOURCE_SUFFIXES = (".cu",)
+_C_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
 def normalized_source(path: Path) -> str:
-    """The module's syntax tree, docstrings dropped: blind to comments, layout and docs."""
+    """The module's syntax tree, docstrings dropped: blind to comments, layout and docs
+    (a resource file: its lines without comments, blank lines and trailing blanks)."""
+    if Path(path).suffix in RESOURCE_SUFFIXES:
+        lines = _C_COMMENT.sub("", Path(path).read_text()).splitlines()
+        return "\n".join(line.rstrip() for line in lines if line.strip())
     tree = ast.parse(Path(path).read_text(), filename=str(path))
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -67,16 +78,23 @@ def code_files(script: Path, src: Path = SRC) -> list[Path]:
             path = module_path(name, src)
             if path is not None and name not in NOT_RESULT_CODE and path.resolve() not in files:
                 files.add(path.resolve())
+                files |= {resource.resolve() for resource in resource_files(path)}
                 todo.append(path)
     return sorted(files)
+
+
+def resource_files(module: Path) -> list[Path]:
+    """The module's resource files (same name, a suffix of RESOURCE_SUFFIXES)."""
+    return [p for p in (Path(module).with_suffix(s) for s in RESOURCE_SUFFIXES) if p.is_file()]
 
 
 @functools.lru_cache(maxsize=None)
 def code_hash(script: str, src: str = str(SRC)) -> str:
     """Short hash of the normalized code behind ``script`` (a rule's ``params: code=``)."""
-    root = Path(src)
+    root = Path(src).resolve()  # labels must not depend on a symlink in the checkout's path
+    labelled = {(path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name): path
+                for path in code_files(Path(script), root)}
     digest = hashlib.sha256()
-    for path in code_files(Path(script), root):
-        label = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-        digest.update(f"{label}\n{normalized_source(path)}\n".encode())
+    for label in sorted(labelled):  # by label, not by absolute path: where the checkout is must not count
+        digest.update(f"{label}\n{normalized_source(labelled[label])}\n".encode())
     return digest.hexdigest()[:16]

@@ -23,7 +23,7 @@ from mnk.kernels._validate import as_vectors, check_depth
 __all__ = ["ntk_gram"]
 
 
-def _diag_recursion(sq: np.ndarray, depth: int) -> list[np.ndarray]:
+def layer_variances(sq: np.ndarray, depth: int) -> list[np.ndarray]:
     """S(x,x) before each of the ``depth`` steps."""
     out = []
     s = sq.copy()
@@ -45,8 +45,8 @@ def ntk_gram(X, Z=None, *, depth: int) -> np.ndarray:
     S = X @ Zv.T
     if symmetric:
         S = 0.5 * (S + S.T)
-    Dx = _diag_recursion(np.einsum("ij,ij->i", X, X), depth)
-    Dz = Dx if symmetric else _diag_recursion(np.einsum("ij,ij->i", Zv, Zv), depth)
+    Dx = layer_variances(np.einsum("ij,ij->i", X, X), depth)
+    Dz = Dx if symmetric else layer_variances(np.einsum("ij,ij->i", Zv, Zv), depth)
     same = _same_rows(X, None if symmetric else Zv)
     Theta = np.zeros_like(S)
     for h in range(depth):

@@ -15,12 +15,12 @@ import numpy as np
 
 from mnk.kernels._validate import as_images, check_depth
 
-__all__ = ["cntk_gram_reference", "cntk_pair_reference", "conv3_4d", "trans_4d"]
+__all__ = ["cntk_gram_reference", "cntk_pair_reference", "box3", "relu_step"]
 
 _NINE_PI = 9.0 * np.pi
 
 
-def conv3_4d(S: np.ndarray) -> np.ndarray:
+def box3(S: np.ndarray) -> np.ndarray:
     """``t[p, q] = sum_{d in {-1,0,1}^2} s[p + d, q + d]`` with zero padding (Arora's conv3)."""
     H, W = S.shape[0], S.shape[1]
     Sp = np.zeros((H + 2, W + 2, H + 2, W + 2), dtype=np.float64)
@@ -38,7 +38,7 @@ def _inv(L: np.ndarray) -> np.ndarray:
     return iL
 
 
-def trans_4d(S, T, Lx, Lz, force_diag_one=False):
+def relu_step(S, T, Lx, Lz, force_diag_one=False):
     """Arora's ``trans``: ReLU step on Sigma (S) and the NTK (T); returns (S_new, T_new).
 
     ``Lx``/``Lz`` are ``sqrt(Sigma(x,x)(p,p))`` and ``sqrt(Sigma(z,z)(q,q))`` of shape (H, W).
@@ -65,18 +65,18 @@ def _diag_L(S):
     return np.sqrt(np.diagonal(S.reshape(P, P)).reshape(H, W).copy())
 
 
-def _image_Ls(x, depth):
+def layer_norms(x, depth):
     """Per-layer ``sqrt(Sigma^(h)(x,x)(p,p))`` for h = 1..depth-1 via the full 4-D recursion on (x, x)."""
     C, H, W = x.shape
     xf = x.reshape(C, H * W)
-    S = conv3_4d((xf.T @ xf).reshape(H, W, H, W))
+    S = box3((xf.T @ xf).reshape(H, W, H, W))
     T = np.zeros_like(S)
     Ls = []
     for _ in range(1, depth):
         L = _diag_L(S)
         Ls.append(L)
-        S, T = trans_4d(S, T, L, L, force_diag_one=True)
-        S = conv3_4d(S)
+        S, T = relu_step(S, T, L, L, force_diag_one=True)
+        S = box3(S)
     return Ls
 
 
@@ -88,18 +88,18 @@ def cntk_pair_reference(x, z, *, depth, gap, fix, Lx=None, Lz=None, same=None):
     if same is None:
         same = bool(np.array_equal(x, z))
     if Lx is None:
-        Lx = _image_Ls(x, depth)
+        Lx = layer_norms(x, depth)
     if Lz is None:
-        Lz = Lx if same else _image_Ls(z, depth)
+        Lz = Lx if same else layer_norms(z, depth)
     xf = x.reshape(C, H * W)
     zf = z.reshape(C, H * W)
-    S = conv3_4d((xf.T @ zf).reshape(H, W, H, W))
+    S = box3((xf.T @ zf).reshape(H, W, H, W))
     T = np.zeros_like(S) if fix else S.copy()
     for i in range(1, depth - 1):
-        S, T = trans_4d(S, T, Lx[i - 1], Lz[i - 1], force_diag_one=same)
-        S = conv3_4d(S)
-        T = conv3_4d(T)
-    S, T = trans_4d(S, T, Lx[-1], Lz[-1], force_diag_one=same)
+        S, T = relu_step(S, T, Lx[i - 1], Lz[i - 1], force_diag_one=same)
+        S = box3(S)
+        T = box3(T)
+    S, T = relu_step(S, T, Lx[-1], Lz[-1], force_diag_one=same)
     if fix:
         T = T - S
     P = H * W
@@ -114,8 +114,8 @@ def cntk_gram_reference(X, Z=None, *, depth, gap, fix):
     Zi = X if symmetric else as_images(Z, "Z")
     if Zi.shape[1:] != X.shape[1:]:
         raise ValueError(f"X and Z must have the same (C, H, W); got {X.shape[1:]} and {Zi.shape[1:]}")
-    LX = [_image_Ls(x, depth) for x in X]
-    LZ = LX if symmetric else [_image_Ls(z, depth) for z in Zi]
+    LX = [layer_norms(x, depth) for x in X]
+    LZ = LX if symmetric else [layer_norms(z, depth) for z in Zi]
     K = np.empty((len(X), len(Zi)), dtype=np.float64)
     for i in range(len(X)):
         for j in range(len(Zi)):
