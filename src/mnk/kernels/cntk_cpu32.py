@@ -37,7 +37,7 @@ The ReLU step, per entry, with ``u = 1 - |c|``::
 patches (the same patch in both images, identical images) keep ``theta = 0`` instead of
 ``sqrt(2 * rounding) ~ 5e-4``.  The per-image variances ``Sigma^h(x, x)(p, p)`` are computed
 in float32 by the same operations in the same order as the pair recursion
-(:func:`layer_variances_f32`), so an exactly correlated entry stays exactly correlated at
+(:func:`layer_variances`), so an exactly correlated entry stays exactly correlated at
 every layer and the diagonal of a Gram matrix needs no special case.  The images are
 scaled to max |value| 1 each first (the kernel is homogeneous of degree 1 in each image;
 the result is scaled back in float64), so float32 neither overflows nor underflows.
@@ -54,7 +54,7 @@ from numba import njit, prange
 from mnk.kernels._acos import ACOS1M_COEFFS, SQRT2M_COEFFS
 from mnk.kernels._pairs import PairProgress, batches, chunks
 
-__all__ = ["cntk_gram_cpu32", "layer_variances_f32", "SNAP", "TRACE_LANES"]
+__all__ = ["cntk_gram_cpu32", "layer_variances", "SNAP", "TRACE_LANES"]
 
 _F = np.float32
 SNAP = _F(2.0**-21)
@@ -66,9 +66,9 @@ _NINTH = _F(1.0 / 9.0)
 _KINV = 1.0 / (9.0 * math.pi)
 _LSCALE = _F(_KINV)
 # arccos(1 - u) / (9 pi) = sqrt(u) * poly(u): the 1/(9 pi) folded into the coefficients
-_G6, _G5, _G4, _G3, _G2, _G1, _G0 = (_F(c * _KINV) for c in ACOS1M_COEFFS)
+_G = tuple(_F(c * _KINV) for c in ACOS1M_COEFFS)
 # sqrt(2 - u) = q(u)
-_Q6, _Q5, _Q4, _Q3, _Q2, _Q1, _Q0 = (_F(c) for c in SQRT2M_COEFFS)
+_Q = tuple(_F(c) for c in SQRT2M_COEFFS)
 
 _FLAGS = dict(cache=True, fastmath=False, error_model="numpy")
 # The ReLU step may fuse a * b + c into one FMA (no other fast-math: NaN/inf/select semantics kept).
@@ -79,7 +79,7 @@ _CHUNK_BYTES = 256 * 2**20
 
 
 @njit(**_FLAGS)
-def layer_variances_f32(X, depth):
+def layer_variances(X, depth):
     """``D[n, h-1] = Sigma^h(x_n, x_n)(p, p)``, h = 1..depth-1, float32 (n, depth-1, H, W).
 
     The same float32 operations in the same order as the pair recursion on an exactly
@@ -111,8 +111,8 @@ def layer_variances_f32(X, depth):
     return D
 
 
-def layer_norms_f32(D: np.ndarray, scaled: bool):
-    """(``sqrt(D)``, ``1 / sqrt(D)`` or 0), float32, from :func:`layer_variances_f32`; with
+def layer_norms(D: np.ndarray, scaled: bool):
+    """(``sqrt(D)``, ``1 / sqrt(D)`` or 0), float32, from :func:`layer_variances`; with
     ``scaled`` (the x side) the first is divided by 9 pi (the ReLU step's constant)."""
     L = np.sqrt(D)
     iL = np.zeros_like(L)
@@ -120,8 +120,21 @@ def layer_norms_f32(D: np.ndarray, scaled: bool):
     return (L * _LSCALE if scaled else L), iL
 
 
+@njit(inline="always", **_FLAGS)
+def _horner6(u, c):
+    """c[0] u^6 + ... + c[6] by Horner, as :func:`mnk.kernels._acos.polyval_f32` (inlined:
+    the caller's flags apply and its loop still vectorises)."""
+    p = c[0]
+    p = p * u + c[1]
+    p = p * u + c[2]
+    p = p * u + c[3]
+    p = p * u + c[4]
+    p = p * u + c[5]
+    return p * u + c[6]
+
+
 @njit(**_STEP_FLAGS)
-def _relu_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
+def _relu_step_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
     """Vertical half of the box filter fused with the ReLU step (module docstring), one row.
 
     hb (H+2, W, 2, L): the row-summed (Sigma, Theta) of this layer, item row ``ur`` reads
@@ -153,27 +166,12 @@ def _relu_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
             u = _ONE - (abs(c) if first else c)
             u = u if u > SNAP else _ZERO
             s1 = math.sqrt(u)
-            # two degree-6 Horner chains written out (the same shape twice): they vectorise
-            p = _G6
-            p = p * u + _G5
-            p = p * u + _G4
-            p = p * u + _G3
-            p = p * u + _G2
-            p = p * u + _G1
-            p = p * u + _G0
-            thk = s1 * p
+            thk = s1 * _horner6(u, _G)
             pmk = _NINTH - thk
             if first:
                 pmk = thk if c < _ZERO else pmk
             pmk = pmk if lxz > _ZERO else _ZERO
-            q = _Q6
-            q = q * u + _Q5
-            q = q * u + _Q4
-            q = q * u + _Q3
-            q = q * u + _Q2
-            q = q * u + _Q1
-            q = q * u + _Q0
-            sn = sk * pmk + s1 * q * lxz
+            sn = sk * pmk + s1 * _horner6(u, _Q) * lxz
             tn = tk * pmk + sn
             if last:
                 rb[r, 0, k] = tn - fixf * sn
@@ -233,13 +231,13 @@ def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
             xl, zl, xr, zr = xn[layer], zn[layer], xr0 + u, zr0 + u
             if layer == 0:
                 if last:
-                    _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, True)
+                    _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, True)
                 else:
-                    _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, False)
+                    _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, False)
             elif last:
-                _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, True)
+                _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, True)
             else:
-                _relu_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, False)
+                _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, False)
             if last:
                 for v1 in range(W2):
                     for k in range(L):
@@ -307,7 +305,7 @@ def _lanes(W: int) -> int:
 
 def _pack_x(X32: np.ndarray, depth: int, scaled: bool = True):
     """x side: images (n, C, H, W) and norms (n, depth-1, 2, H, W), float32."""
-    L, iL = layer_norms_f32(layer_variances_f32(X32, depth), scaled)
+    L, iL = layer_norms(layer_variances(X32, depth), scaled)
     return np.ascontiguousarray(X32), np.ascontiguousarray(np.stack([L, iL], axis=2))
 
 
@@ -317,7 +315,7 @@ def _pack_z_gap(X32: np.ndarray, depth: int, lanes: int):
     m, C, H, W = X32.shape
     ZI = np.zeros((m, C, H, 1, lanes), dtype=np.float32)
     ZI[..., 0, :W] = X32
-    L, iL = layer_norms_f32(layer_variances_f32(X32, depth), False)
+    L, iL = layer_norms(layer_variances(X32, depth), False)
     ZN = np.zeros((m, depth - 1, 2, H, 1, lanes), dtype=np.float32)
     ZN[:, :, 0, :, 0, :W] = L
     ZN[:, :, 1, :, 0, :W] = iL
