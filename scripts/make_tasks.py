@@ -5,19 +5,17 @@ preprocessed like the dataset's, follow the training and validation images."""
 
 from mnk.io import load_npz, save_npz
 from mnk.runtime import logged_run
-from mnk.tasklist import local_images, with_listed_test_tasks
-from mnk.tasks import TaskSpec, make_tasks
+from mnk.tasklist import sample_tasks
+from mnk.tasks import TaskSpec
 
 with logged_run(snakemake.log[0], "make_tasks") as log:
     spec = TaskSpec(**snakemake.params.spec)
-    data = load_npz(snakemake.input.data)
-    tasks = make_tasks(data["character"], data["drawer"], data["split"], spec)
-    tasks, task_list = with_listed_test_tasks(tasks, snakemake.params.test_tasks, snakemake.params.data,
-                                              data["images"], spec, log)
+    tasks, images = sample_tasks(load_npz(snakemake.input.data), spec, snakemake.params.test_tasks,
+                                 snakemake.params.data, log)
     log.info(
         "%d train tasks over %d images of %d characters, %d val tasks (%d characters), %d test tasks (id %s)",
         len(tasks["train_support"]), spec.n_train_images, spec.n_characters,
         len(tasks["val_support"]), spec.n_val_characters, len(tasks["test_support"]), tasks["test_tasks_id"],
     )
     save_npz(snakemake.output.tasks, **tasks)
-    save_npz(snakemake.output.images, images=local_images(data["images"], tasks, task_list))
+    save_npz(snakemake.output.images, images=images)

@@ -250,12 +250,12 @@ def test_tril_pairs_cover_strict_lower_triangle():
 def test_layer_variances_match_cpu_norms():
     if cntk_gram_cpu is None:
         pytest.skip("CPU backend not importable")
-    from mnk.kernels.cntk_cpu import image_layer_norms
+    from mnk.kernels.cntk_cpu import layer_norms
 
     rng = np.random.default_rng(3)
     X = random_images(rng, 3, 2, 7, 6)
     D = cntk_cuda.layer_variances(X, 5)
-    L, _ = image_layer_norms(X, 5)
+    L, _ = layer_norms(X, 5)
     assert np.allclose(D, L**2, rtol=1e-12, atol=0)
 
 

@@ -358,14 +358,19 @@ def load_for_dataset(csv_path, data: dict, dataset_images, *, way=None, shot=Non
     return read_task_list(csv_path, options, way=way, shot=shot, query=query)
 
 
-def with_listed_test_tasks(tasks: dict, test_tasks: dict, data: dict, dataset_images, spec, log):
-    """make_pool's and make_tasks' one step for `tasks.test_tasks`: (tasks with the list's
-    test tasks, the list), or (tasks, None) without a list (`test_tasks` params empty)."""
-    if not test_tasks:
-        return tasks, None
-    task_list = load_for_dataset(test_tasks["path"], data, dataset_images,
-                                 way=spec.way, shot=spec.shot, query=spec.query)
-    replaced, _ = replace_test_tasks(tasks, task_list)
-    log.info("test tasks: the %d of the list %s; tasks.n_test_tasks is ignored", task_list.n_tasks,
-             task_list.list_id)
-    return replaced, task_list
+def sample_tasks(data: dict, spec, test_tasks: dict, data_params: dict, log):
+    """make_pool's and make_tasks' one step: `mnk.tasks.make_tasks` on the preprocessed
+    dataset `data`, with the list's test tasks in place of the sampled ones under
+    `tasks.test_tasks` (`test_tasks` params; empty: none). Returns (tasks, the images of their
+    local image list)."""
+    from mnk.tasks import make_tasks
+
+    tasks = make_tasks(data["character"], data["drawer"], data["split"], spec)
+    task_list = None
+    if test_tasks:
+        task_list = load_for_dataset(test_tasks["path"], data_params, data["images"],
+                                     way=spec.way, shot=spec.shot, query=spec.query)
+        tasks, _ = replace_test_tasks(tasks, task_list)
+        log.info("test tasks: the %d of the list %s; tasks.n_test_tasks is ignored", task_list.n_tasks,
+                 task_list.list_id)
+    return tasks, local_images(data["images"], tasks, task_list)

@@ -172,8 +172,17 @@ def make_pool(character: np.ndarray, drawer: np.ndarray, split: np.ndarray, spec
     """The image pool of all experiments up to `spec.n_characters` (the largest) of this
     (way, shot, query, seed, split): the largest experiment's local image list, which every
     smaller experiment's training images prefix (`mnk.plan.PoolPlan.local_to_pool`)."""
-    tasks = make_tasks(character, drawer, split, spec)
-    return {key: tasks[key] for key in ("image_ids", "n_train_images", "n_val_images", "test_tasks_id", "way", "shot", "query")}
+    return pool_of(make_tasks(character, drawer, split, spec))
+
+
+# What a pool file holds of its largest experiment's tasks: the image list and the test tasks'
+# identity (with a task list, the list's too), not the task layout.
+POOL_KEYS = ("image_ids", "n_train_images", "n_val_images", "test_tasks_id", "way", "shot", "query", "test_tasks_list")
+
+
+def pool_of(tasks: dict) -> dict:
+    """The pool file of the largest experiment's `tasks` (the make_tasks arrays)."""
+    return {key: tasks[key] for key in POOL_KEYS if key in tasks}
 
 
 def spec_dict(spec: TaskSpec) -> dict:
