@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from mnk.encoder import save_encoder, train_label_encoder
+from mnk.encoder import EncoderOptions, save_encoder, train_label_encoder
 from mnk.io import load_npz
 from mnk.runtime import logged_run, resolve_device
 
@@ -15,11 +15,8 @@ with logged_run(snakemake.log[0], "train_encoder") as log:
     # Training images are stored character by character, the same count for each.
     per_character = n_train // len(tasks["train_characters"])
     labels = np.repeat(np.arange(len(tasks["train_characters"])), per_character)
-    cfg = snakemake.params.encoder
-    model, history = train_label_encoder(
-        images, labels, width=cfg["width"], epochs=cfg["epochs"], lr=cfg["lr"],
-        batch_size=cfg["batch_size"], seed=snakemake.params.seed,
-        device=resolve_device(snakemake.params.device),
-    )
+    options = EncoderOptions(**snakemake.params.encoder)
+    model, history = train_label_encoder(images, labels, options, seed=snakemake.params.seed,
+                                         device=resolve_device(snakemake.params.device))
     log.info("encoder history: %s", history)
     save_encoder(model, snakemake.output[0])

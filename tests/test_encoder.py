@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from mnk.encoder import encode, load_encoder, save_encoder, train_label_encoder
+from mnk.encoder import EncoderOptions, encode, load_encoder, save_encoder, train_label_encoder
 
 
 @pytest.fixture(scope="module")
@@ -31,12 +33,17 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-KW = dict(width=8, epochs=8, lr=1e-2, batch_size=4, progress=False)
+OPTIONS = EncoderOptions(width=8, epochs=8, lr=1e-2, batch_size=4)
+KW = dict(progress=False)
+
+
+def options(**changes):
+    return dataclasses.replace(OPTIONS, **changes)
 
 
 def test_training_reduces_loss_and_encodes(data):
     imgs, labels = data
-    model, hist = train_label_encoder(imgs, labels, seed=0, **KW)
+    model, hist = train_label_encoder(imgs, labels, OPTIONS, seed=0, **KW)
     assert len(hist["train_loss"]) == 8 and len(hist["val_acc"]) == 8
     assert hist["n_val"] == 4 and hist["n_train"] == 20  # one held-out image per class
     assert hist["train_loss"][-1] < 0.5 * hist["train_loss"][0]
@@ -48,10 +55,9 @@ def test_training_reduces_loss_and_encodes(data):
 
 def test_deterministic_with_seed(data):
     imgs, labels = data
-    kw = dict(KW, epochs=2)
-    m1, h1 = train_label_encoder(imgs, labels, seed=3, **kw)
-    m2, h2 = train_label_encoder(imgs, labels, seed=3, **kw)
-    m3, _ = train_label_encoder(imgs, labels, seed=4, **kw)
+    m1, h1 = train_label_encoder(imgs, labels, options(epochs=2), seed=3, **KW)
+    m2, h2 = train_label_encoder(imgs, labels, options(epochs=2), seed=3, **KW)
+    m3, _ = train_label_encoder(imgs, labels, options(epochs=2), seed=4, **KW)
     assert h1["train_loss"] == h2["train_loss"]
     np.testing.assert_array_equal(encode(m1, imgs, "cpu"), encode(m2, imgs, "cpu"))
     assert not np.array_equal(encode(m1, imgs, "cpu"), encode(m3, imgs, "cpu"))
@@ -59,7 +65,7 @@ def test_deterministic_with_seed(data):
 
 def test_save_load_round_trip(data, tmp_path):
     imgs, labels = data
-    model, _ = train_label_encoder(imgs, labels, seed=0, **dict(KW, epochs=1))
+    model, _ = train_label_encoder(imgs, labels, options(epochs=1), seed=0, **KW)
     path = tmp_path / "sub" / "encoder.pt"
     save_encoder(model, path)
     assert path.exists() and not list(path.parent.glob(".encoder.pt.*"))  # no temp left
@@ -70,6 +76,14 @@ def test_save_load_round_trip(data, tmp_path):
 def test_bad_input_messages(data):
     imgs, labels = data
     with pytest.raises(ValueError, match=r"labels must have shape \(24,\)"):
-        train_label_encoder(imgs, labels[:-1], **KW)
+        train_label_encoder(imgs, labels[:-1], OPTIONS, **KW)
     with pytest.raises(ValueError, match=r"images must be \(N, H, W\)"):
-        train_label_encoder(imgs[0], labels, **KW)
+        train_label_encoder(imgs[0], labels, OPTIONS, **KW)
+
+
+@pytest.mark.parametrize("changes,message", [({"width": 0}, "encoder.width must be an integer >= 1"),
+                                             ({"lr": -1.0}, "encoder.lr must be a number > 0"),
+                                             ({"depth": 3}, "depth")])
+def test_bad_options_name_the_key(changes, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        EncoderOptions(**changes)

@@ -17,15 +17,17 @@ nondeterminism (set torch.backends.cudnn.deterministic for bitwise repeats).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from mnk.checks import is_int, is_number, require
 from mnk.io import load_torch, save_torch
 
-__all__ = ["LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
+__all__ = ["EncoderOptions", "LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
 
 
 class LabelEncoder(nn.Module):
@@ -87,18 +89,24 @@ def _evaluate(model, x, y, device, batch_size=256):
     return loss / max(len(x), 1), correct / max(len(x), 1)
 
 
-def train_label_encoder(
-    images: np.ndarray,
-    labels: np.ndarray,
-    *,
-    width: int = 250,
-    epochs: int = 50,
-    lr: float = 1e-3,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-) -> tuple[LabelEncoder, dict[str, Any]]:
+@dataclass(frozen=True)
+class EncoderOptions:
+    """The `encoder` config section (defaults: the original's settings)."""
+
+    width: int = 250  # channels of every conv layer = the encoding's size
+    epochs: int = 50
+    lr: float = 1e-3  # Adam
+    batch_size: int = 16
+
+    def __post_init__(self):
+        for name in ("width", "epochs", "batch_size"):
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"encoder.{name}",
+                    "an integer >= 1", getattr(self, name))
+        require(is_number(self.lr) and self.lr > 0, "encoder.lr", "a number > 0", self.lr)
+
+
+def train_label_encoder(images: np.ndarray, labels: np.ndarray, options: EncoderOptions, *, seed: int = 0,
+                        device: str = "cpu", progress: bool = True) -> tuple[LabelEncoder, dict[str, Any]]:
     """Train the label encoder on (training-character) images with supervision.
 
     images (N, H, W) float32; labels (N,) ints (any values; remapped to 0..C-1, the map
@@ -114,45 +122,47 @@ def train_label_encoder(
         raise ValueError(f"labels must have shape ({x.shape[0]},), got {labels.shape}")
     classes, y_np = np.unique(labels, return_inverse=True)
     y = torch.from_numpy(y_np.astype(np.int64))
-
-    rng = np.random.default_rng(seed)
-    tr_idx, val_idx = _holdout_split(y_np, rng)
+    tr_idx, val_idx = _holdout_split(y_np, np.random.default_rng(seed))
     torch.manual_seed(seed)
-    model = LabelEncoder(len(classes), width=width, in_channels=x.shape[1]).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model = LabelEncoder(len(classes), width=options.width, in_channels=x.shape[1]).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=options.lr)
     gen = torch.Generator().manual_seed(seed)
-
     hist: dict[str, Any] = dict(train_loss=[], train_acc=[], val_loss=[], val_acc=[],
                                 classes=classes.tolist(), n_train=int(tr_idx.size), n_val=int(val_idx.size))
-    x_tr, y_tr = x[tr_idx], y[tr_idx]
-    bar = tqdm(range(epochs), desc="label encoder", disable=not progress)
+    bar = tqdm(range(options.epochs), desc="label encoder", disable=not progress)
     for _ in bar:
-        model.train()
-        perm = torch.randperm(len(x_tr), generator=gen)
-        tot = correct = 0.0
-        for lo in range(0, len(perm), batch_size):
-            b = perm[lo : lo + batch_size]
-            if len(b) < 2 and len(perm) >= 2:  # BatchNorm needs >1 sample: skip a last singleton
-                continue
-            xb, yb = x_tr[b].to(device), y_tr[b].to(device)
-            out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tot += loss.item() * len(b)
-            correct += (out.argmax(1) == yb).sum().item()
-        hist["train_loss"].append(tot / len(perm))
-        hist["train_acc"].append(correct / len(perm))
+        loss, acc = _train_epoch(model, opt, x[tr_idx], y[tr_idx], options.batch_size, gen, device)
+        hist["train_loss"].append(loss)
+        hist["train_acc"].append(acc)
+        shown = {"loss": f"{loss:.3f}"}
         if val_idx.size:
             vl, va = _evaluate(model, x[val_idx], y[val_idx], device)
             hist["val_loss"].append(vl)
             hist["val_acc"].append(va)
-            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}", val_acc=f"{va:.3f}")
-        else:
-            bar.set_postfix(loss=f"{hist['train_loss'][-1]:.3f}")
+            shown["val_acc"] = f"{va:.3f}"
+        bar.set_postfix(**shown)
     model.eval()
     return model, hist
+
+
+def _train_epoch(model, opt, x, y, batch_size: int, gen, device) -> tuple[float, float]:
+    """One pass over (x, y) in seeded random batches: (mean loss, accuracy)."""
+    model.train()
+    perm = torch.randperm(len(x), generator=gen)
+    tot = correct = 0.0
+    for lo in range(0, len(perm), batch_size):
+        b = perm[lo : lo + batch_size]
+        if len(b) < 2 and len(perm) >= 2:  # BatchNorm needs >1 sample: skip a last singleton
+            continue
+        xb, yb = x[b].to(device), y[b].to(device)
+        out = model(xb)
+        loss = nn.functional.cross_entropy(out, yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        tot += loss.item() * len(b)
+        correct += (out.argmax(1) == yb).sum().item()
+    return tot / len(perm), correct / len(perm)
 
 
 @torch.no_grad()
