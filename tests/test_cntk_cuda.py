@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from mnk.kernels import cntk_cuda
+from mnk.kernels._validate import as_image_pair
 from mnk.kernels.cntk_cuda import cuda_available, kernel_source
 from mnk.kernels.reference import cntk_gram_reference
 
@@ -176,8 +177,11 @@ def emu_kernels(H, W, use_double=False, acos_poly=1):
 
 
 def emu_gram(X, Z=None, *, depth, gap=True, fix=False, chunk_pairs=None, poison=True, trace_double=True):
-    return cntk_cuda._gram(X, Z, depth=depth, gap=gap, fix=fix, chunk_pairs=chunk_pairs, progress=False,
-                           warps=1, poison=poison, xp=np, kernels=emu_kernels, trace_double=trace_double)
+    """The GPU driver (cntk_cuda.gram_prepared) with NumPy and the emulated kernel."""
+    X, Zi, symmetric = as_image_pair(X, Z)
+    runner = cntk_cuda.Runner(np, emu_kernels, warps=1, trace_double=trace_double, chunk_pairs=chunk_pairs,
+                              progress=False, poison=poison)
+    return cntk_cuda.gram_prepared(X, Zi, symmetric, depth=depth, gap=gap, fix=fix, runner=runner)
 
 
 EMU_CASES = [

@@ -111,10 +111,10 @@ def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, bac
         if supports is not None and not supports(H, W):
             _log_choice("cntk_gram: backend 'auto' -> cpu (CUDA backend does not support %dx%d images)", H, W)
             chosen = "cpu"
-    if chosen == "cuda":
-        return _cuda_gram(Xi, Zi, depth=depth, gap=gap, fix=fix)
     symmetric = Zi is None
     Zp = Xi if symmetric else Zi
+    if chosen == "cuda":
+        return _cuda_gram(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix)
     if dtype == "float32":
         from mnk.kernels.cntk_cpu32 import cntk_gram_cpu32  # noqa: PLC0415 (numba import is slow)
 
@@ -124,13 +124,13 @@ def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, bac
     return gram_prepared(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix)
 
 
-def _cuda_gram(Xi, Zi, *, depth, gap, fix) -> np.ndarray:
-    from mnk.kernels.cntk_cuda import cntk_gram_cuda  # noqa: PLC0415
+def _cuda_gram(Xi, Zp, symmetric, *, depth, gap, fix) -> np.ndarray:
+    from mnk.kernels.cntk_cuda import cupy_runner, gram_prepared  # noqa: PLC0415
 
-    K = np.asarray(cntk_gram_cuda(Xi, Zi, depth=depth, gap=gap, fix=fix), dtype=np.float64)
-    expect = (len(Xi), len(Xi) if Zi is None else len(Zi))
-    if K.shape != expect:
-        raise RuntimeError(f"cntk_gram_cuda returned shape {K.shape}, expected {expect}")
+    K = np.asarray(gram_prepared(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix, runner=cupy_runner()),
+                   dtype=np.float64)
+    if K.shape != (len(Xi), len(Zp)):
+        raise RuntimeError(f"the CUDA CNTK returned shape {K.shape}, expected {(len(Xi), len(Zp))}")
     if not np.all(np.isfinite(K)):
-        raise FloatingPointError("cntk_gram_cuda returned non-finite values")
+        raise FloatingPointError("the CUDA CNTK returned non-finite values")
     return K

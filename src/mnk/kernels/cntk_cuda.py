@@ -58,6 +58,7 @@ import math
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -223,24 +224,15 @@ class _Prepared:
         self.diag = xp.ascontiguousarray(N)
 
 
-def cntk_gram_cuda(
-    X,
-    Z=None,
-    *,
-    depth: int,
-    gap: bool = True,
-    fix: bool = False,
-    chunk_pairs: int | None = None,
-    progress: bool | None = None,
-    variant: dict | None = None,
-    _poison: bool = False,
-) -> np.ndarray:
+def cntk_gram_cuda(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, chunk_pairs: int | None = None,
+                   progress: bool | None = None, variant: dict | None = None, _poison: bool = False) -> np.ndarray:
     """CNTK Gram matrix on the GPU: float64 array of shape (len(X), len(Z)).
 
     X, Z: (n, H, W) or (n, C, H, W) float arrays, 3 <= H, W <= 32 (see
-    :func:`supports_shape`; larger images raise NotImplementedError).  Z=None: symmetric, only the
-    lower triangle is computed and mirrored.  Same semantics as
-    :func:`mnk.kernels.cntk_cpu.cntk_gram_cpu`.
+    :func:`supports_shape`; larger images raise NotImplementedError), validated here (the
+    public entry, :func:`mnk.kernels.cntk_gram`, validates once and calls
+    :func:`gram_prepared`).  Z=None: symmetric, only the lower triangle is computed and
+    mirrored.  Same semantics as :func:`mnk.kernels.cntk_cpu.cntk_gram_cpu`.
 
     chunk_pairs: pairs per kernel launch (default: 256 MiB of float64 partial sums, 32768
     pairs at 32x32 with gap); progress: tqdm bar over the chunks (default: shown when
@@ -248,17 +240,37 @@ def cntk_gram_cuda(
     (1: polynomial arc-cosine, 0: CUDA's acosf, 45% slower), ``warps`` per block (1..8),
     ``trace_double`` (gap=False in float64).
     """
+    depth = check_depth(depth)
+    X, Zi, symmetric = as_image_pair(X, Z)
+    runner = cupy_runner(variant, chunk_pairs=chunk_pairs, progress=progress, poison=_poison)
+    return gram_prepared(X, Zi, symmetric, depth=depth, gap=bool(gap), fix=bool(fix), runner=runner)
+
+
+@dataclass(frozen=True)
+class Runner:
+    """How the fused kernel runs: on CuPy with NVRTC modules (:func:`cupy_runner`), or on
+    NumPy with the tests' host emulation; launch geometry, chunking, progress, NaN poison."""
+
+    xp: Any  # CuPy, or NumPy with an emulated kernel
+    kernels: Callable  # (H, W, use_double) -> the (plain, self) launchable kernels
+    warps: int = 4  # per block
+    trace_double: bool = True  # gap=False in float64
+    chunk_pairs: int | None = None
+    progress: bool | None = None
+    poison: bool = False  # fill output buffers with NaN first (tests)
+
+
+def cupy_runner(variant: dict | None = None, **settings) -> Runner:
+    """The GPU Runner of a compile-time variant (:data:`DEFAULT_VARIANT` overridden by `variant`)."""
     import cupy as cp
 
-    var = dict(DEFAULT_VARIANT)
-    var.update(variant or {})
+    var = {**DEFAULT_VARIANT, **(variant or {})}
+    kernels = functools.partial(_variant_module, int(var["ACOS_POLY"]))
+    return Runner(cp, kernels, warps=int(var["warps"]), trace_double=bool(var["trace_double"]), **settings)
 
-    def kernels(H, W, use_double):
-        return _module(H, W, int(var["ACOS_POLY"]), bool(use_double))
 
-    return _gram(X, Z, depth=depth, gap=gap, fix=fix, chunk_pairs=chunk_pairs, progress=progress,
-                 warps=int(var["warps"]), poison=_poison, xp=cp, kernels=kernels,
-                 trace_double=bool(var["trace_double"]))
+def _variant_module(acos_poly: int, H: int, W: int, use_double: bool):
+    return _module(H, W, acos_poly, bool(use_double))
 
 
 @dataclass(frozen=True)
@@ -349,16 +361,16 @@ def _identical_pairs(launch: _Launch, kern_self, Kd, kx, kz, symmetric: bool, ch
         Kd[pi, pj] = launch(kern_self, pi, pj)
 
 
-def _gram(X, Z, *, depth, gap, fix, chunk_pairs, progress, warps, poison, xp, kernels, trace_double=True):
-    """Backend-neutral driver: ``xp`` is CuPy (or NumPy with an emulated kernel in tests);
-    ``kernels(H, W, use_double)`` returns the (plain, self) launchable kernels."""
-    depth, gap, fix = check_depth(depth), bool(gap), bool(fix)
-    X, Zi, symmetric = as_image_pair(X, Z)
+def gram_prepared(X: np.ndarray, Zi: np.ndarray, symmetric: bool, *, depth: int, gap: bool, fix: bool,
+                  runner: Runner) -> np.ndarray:
+    """:func:`cntk_gram_cuda` on validated float64 (n, C, H, W) inputs (Zi is X if symmetric),
+    run by ``runner``."""
+    xp = runner.xp
     n, m = len(X), len(Zi)
     if n == 0 or m == 0:
         return np.empty((n, m), dtype=np.float64)
     _, C, H, W = X.shape
-    _check_shape(H, W, warps)
+    _check_shape(H, W, runner.warps)
     kx, kz = _image_keys(X, None if symmetric else Zi)
 
     # The CNTK is homogeneous of degree 2 in the input scale: work at unit scale so that
@@ -372,27 +384,27 @@ def _gram(X, Z, *, depth, gap, fix, chunk_pairs, progress, warps, poison, xp, ke
     # gap=False needs only the zero-offset tile (P entries per layer, not P^2): there the
     # float32 rounding floor of the correlation (~1e-5 relative on stroke images, since
     # the trace does not average over offsets) is not worth it, and float64 costs nothing.
-    use_double = (not gap) and trace_double
-    kern, kern_self = kernels(H, W, use_double)
+    use_double = (not gap) and runner.trace_double
+    kern, kern_self = runner.kernels(H, W, use_double)
     dtype = xp.float64 if use_double else xp.float32
     P = H * W
     ntiles = P if gap else 1
     launch = _Launch(
         px=_Prepared(Xs, depth, xp, doubled=False, scale=1.0 / (9.0 * math.pi), dtype=dtype),
         pz=_Prepared(Zs, depth, xp, doubled=True, scale=1.0, dtype=dtype),
-        xp=xp, ntiles=ntiles, tpw=32 // W, warps=warps, channels=C, depth=depth, fix=fix,
-        norm=(s * s) / (float(P) * float(P)) if gap else s * s, poison=poison,
+        xp=xp, ntiles=ntiles, tpw=32 // W, warps=runner.warps, channels=C, depth=depth, fix=fix,
+        norm=(s * s) / (float(P) * float(P)) if gap else s * s, poison=runner.poison,
     )
-    chunk_pairs = _chunk_size(chunk_pairs, ntiles)
+    chunk_pairs = _chunk_size(runner.chunk_pairs, ntiles)
     Kd = xp.empty((n, m), dtype=xp.float64)
-    if poison:
+    if runner.poison:
         Kd.fill(np.nan)
-    _main_pairs(launch, kern, Kd, n, m, symmetric, chunk_pairs, progress, f"CNTK cuda {H}x{W} depth {depth}")
+    _main_pairs(launch, kern, Kd, n, m, symmetric, chunk_pairs, runner.progress, f"CNTK cuda {H}x{W} depth {depth}")
     _identical_pairs(launch, kern_self, Kd, kx, kz, symmetric, chunk_pairs)
     if symmetric:
         iu = xp.triu_indices(n, 1)
         Kd[iu] = Kd.T[iu]
     K = Kd.get() if hasattr(Kd, "get") else np.asarray(Kd)
-    if not poison and not np.all(np.isfinite(K)):
+    if not runner.poison and not np.all(np.isfinite(K)):
         raise FloatingPointError("cntk_gram_cuda produced non-finite values")
     return K
