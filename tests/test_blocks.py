@@ -197,12 +197,6 @@ def test_nan_block_is_refused_and_not_written(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_unknown_kernel_type_is_named():
-    block = Block("train", 0, 0, (0, 2), (0, 2))
-    with pytest.raises(ValueError, match=r"kernel.type must be one of \('cntk', 'ntk'\), got 'rbf'"):
-        KernelOptions.from_section({"type": "rbf", "depth": 3})
-
-
 def test_missing_gpu_is_a_clear_error(monkeypatch):
     import torch
 

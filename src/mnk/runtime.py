@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import platform
@@ -172,7 +170,3 @@ def git_revision(default: str = "unknown") -> str:
     except (OSError, subprocess.SubprocessError):
         return default
 
-
-def config_hash(obj) -> str:
-    """A short stable hash of a JSON-able config fragment."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]

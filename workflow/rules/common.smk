@@ -19,8 +19,7 @@ from mnk import (
     cost as kernel_cost,
     plan,
 )  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
-
-ARCHIVES = ["images_background", "images_evaluation"]
+from mnk.omniglot import ARCHIVES  # noqa: E402
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
 # The image pools and their kernel blocks, planned once (also checks the task settings).
 POOLS = plan.pools(config)
@@ -223,15 +222,6 @@ def kernel_block_runtime(wildcards, attempt):
 def kernel_block_mem_mb(wildcards, attempt):
     size = config["kernel"]["block_size"]
     return (2000 + 3 * 8 * size * size // 10**6) * attempt
-
-
-def config_hash(cfg):
-    """Short hash of the whole config, recorded with every summary row."""
-    import hashlib
-    import json
-
-    text = json.dumps(cfg, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def kernel_matrix_mem_mb(exp, attempt=1):
