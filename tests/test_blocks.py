@@ -14,7 +14,7 @@ from mnk.io import load_npz, save_npz
 from mnk.kernels import cntk_gram
 from mnk.kernel_options import KernelOptions
 from mnk.kernels.transform import transform_images
-from mnk.plan import Block, PoolPlan, kernel_identity
+from mnk.plan import PoolPlan, kernel_identity
 from mnk.runtime import resolve_device
 from mnk.tasks import TaskSpec, make_pool, make_tasks
 
