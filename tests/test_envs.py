@@ -202,6 +202,21 @@ def test_pyproject_dependencies_fit_every_env():
         assert {re.split(r"[<>=\[;]", d)[0].lower() for d in deps} <= set(pinned(env)), env.name
 
 
+def test_a_wheel_of_the_package_holds_its_resource_files(tmp_path):
+    """A non-editable install must ship what the code reads at run time (cntk_cuda.cu)."""
+    import zipfile
+
+    project = tmp_path / "project"  # a copy: building writes build/ into the source tree
+    shutil.copytree(REPO / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "LICENSE"):
+        shutil.copy(REPO / name, project / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(project)], check=True, capture_output=True)
+    names = set(zipfile.ZipFile(next(tmp_path.glob("mnk-*.whl"))).namelist())
+    resources = {p.relative_to(REPO / "src").as_posix() for p in (REPO / "src").rglob("*.cu")}
+    assert resources and resources <= names
+
+
 # ------------------------------------------------------------- isolated venv builds
 
 
