@@ -126,7 +126,12 @@ def test_orphan_after_snakemake_is_killed_writes_nothing(tmp_path, name):
         if name == "plain":
             (workdir / "go").touch()  # finish, and try to write
         # "logged" is never let go: its watchdog must stop it.
-        _wait_for(lambda: not _alive(job), 60, "the orphaned job to end")
+        try:
+            _wait_for(lambda: not _alive(job), 60, "the orphaned job to end")
+        except AssertionError as error:  # say what the job was doing (its log, its parents)
+            log = workdir / "logs" / f"{name}.log"
+            raise AssertionError(f"{error}; job log: {log.read_text() if log.exists() else '(none)'}; "
+                                 f"ancestors now: {_ancestors(job)}") from None
     finally:
         try:  # our own session (start_new_session): the job and its shell, if still there
             os.killpg(proc.pid, signal.SIGKILL)
