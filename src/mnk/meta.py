@@ -194,21 +194,23 @@ def _apply_T(Kss: torch.Tensor, B: torch.Tensor, t: float, r: float, what: str) 
 
 
 class _Group:
-    """Tasks of one split, as local indices into the gathered kernel, with G_i = T_i Kn[X_i,X'_i]."""
+    """Tasks of one split, as local indices into the gathered kernel, with their within-task
+    blocks Kss = Kn[X_i, X_i], Ksq = Kn[X_i, X'_i] and G_i = T_i Kn[X_i, X'_i]."""
 
-    def __init__(self, S, Q, G, f):
+    def __init__(self, S, Q, G, f, Kss, Ksq):
         self.S, self.Q, self.G, self.f = S, Q, G, f  # (n,s) (n,q) (n,s,q) (n,q,c)
+        self.Kss, self.Ksq = Kss, Ksq  # (n,s,s) (n,s,q)
         self.n, self.ns = S.shape
         self.nq = Q.shape[1]
         self.M = self.n * self.nq
 
 
-def _make_group(Kn, S, Q, Ysup, t_inner, r1, what):
+def _make_group(Kn, S, Q, Ysup, options: "MNKOptions", what) -> _Group:
     Kss = Kn[S[:, :, None], S[:, None, :]]
     Ksq = Kn[S[:, :, None], Q[:, None, :]]
-    G = _apply_T(Kss, Ksq, t_inner, r1, what)  # T_i Kn[X_i, X'_i]
+    G = _apply_T(Kss, Ksq, options.inner_time, options.ridge[0], what)  # T_i Kn[X_i, X'_i]
     f = G.transpose(-1, -2) @ Ysup  # Kn[X'_i,X_i] T_i Y_i  (T symmetric)
-    return _Group(S, Q, G, f), Kss, Ksq
+    return _Group(S, Q, G, f, Kss, Ksq)
 
 
 def _phi_block(Kn, a: _Group, b: _Group, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -235,11 +237,11 @@ def _phi_block(Kn, a: _Group, b: _Group, out: torch.Tensor | None = None) -> tor
     return out
 
 
-def _phi_diag(Kn, g: _Group, Kss, Ksq) -> torch.Tensor:
+def _phi_diag(Kn, g: _Group) -> torch.Tensor:
     """diag(Phi_ii) for each task of g, flattened to (g.M,)."""
     kqq = Kn[g.Q, g.Q]  # (n, q): diagonal entries
-    cross = (g.G * Ksq).sum(dim=1)  # diag(Kn[X',X] T Kn[X,X'])
-    quad = (g.G * (Kss @ g.G)).sum(dim=1)  # diag(G^T Kss G)
+    cross = (g.G * g.Ksq).sum(dim=1)  # diag(Kn[X',X] T Kn[X,X'])
+    quad = (g.G * (g.Kss @ g.G)).sum(dim=1)  # diag(G^T Kss G)
     return (kqq - 2.0 * cross + quad).reshape(-1)
 
 
@@ -430,26 +432,25 @@ def mnk_predict(K, train: TaskSet, test: TaskSet, options: MNKOptions = MNKOptio
         raise ValueError("no test tasks (test_support has 0 rows)")
     trS, trQ, ys_tr, yq_tr = _check_task_set(train, "train", N, ys_te.shape[2], with_query_y=True)
     dev = torch.device(o.device or "cpu")
-    r1, r2 = o.ridge
+    r1 = o.ridge[0]
     # gather the kernel over the distinct images used, once
     Kn, U = _normalized_subkernel(K, [trS, trQ, teS, teQ], r1, o.normalize_ntk, dev)
     loc = lambda a: torch.as_tensor(np.searchsorted(U, a), device=dev)  # noqa: E731
     T = lambda a: torch.tensor(np.asarray(a), dtype=torch.float64, device=dev)  # noqa: E731  (copies)
-    tr, Kss_tr, Ksq_tr = _make_group(Kn, loc(trS), loc(trQ), T(ys_tr), o.inner_time, r1, "train task kernel")
-    te, Kss_te, Ksq_te = _make_group(Kn, loc(teS), loc(teQ), T(ys_te), o.inner_time, r1, "test task kernel")
+    tr = _make_group(Kn, loc(trS), loc(trQ), T(ys_tr), o, "train task kernel")
+    te = _make_group(Kn, loc(teS), loc(teQ), T(ys_te), o, "test task kernel")
     check_kernel_contrast(Kn, [tr, te])
     if tr.n == 0:
         return te.f.cpu().numpy()
     R = (T(yq_tr) - tr.f).reshape(tr.n, tr.nq, -1)
     if _resolve_solver(o, tr.M, len(U)) == "lowrank":
-        pred = _lowrank_meta_term(Kn, tr, te, R, Kss_tr, Ksq_tr, Kss_te, Ksq_te, r2, o.normalize_mnk)
+        pred = _lowrank_meta_term(Kn, tr, te, R, o)
     else:
-        del Kss_tr, Ksq_tr
-        pred = _dense_meta_term(Kn, tr, te, R, Kss_te, Ksq_te, o)
+        pred = _dense_meta_term(Kn, tr, te, R, o)
     return (pred + te.f).cpu().numpy()
 
 
-def _dense_meta_term(Kn, tr: _Group, te: _Group, R, Kss_te, Ksq_te, o: MNKOptions) -> torch.Tensor:
+def _dense_meta_term(Kn, tr: _Group, te: _Group, R, o: MNKOptions) -> torch.Tensor:
     """Phin[test, train] (Phin[train, train] + r2 I)^-1 (I - exp(-meta_time Phin)) R, dense."""
     r2 = o.ridge[1]
     P = _phi_block(Kn, tr, tr)
@@ -457,7 +458,7 @@ def _dense_meta_term(Kn, tr: _Group, te: _Group, R, Kss_te, Ksq_te, o: MNKOption
     if not (math.isfinite(float(P.sum())) and math.isfinite(float(Pet.sum()))):
         raise ValueError("MNK kernel Phi contains NaN/inf (check K's scale and the ridge r1)")
     if o.normalize_mnk:
-        dtr, dte = _mnk_scales(torch.diagonal(P).clone(), _phi_diag(Kn, te, Kss_te, Ksq_te), r2=r2)
+        dtr, dte = _mnk_scales(torch.diagonal(P).clone(), _phi_diag(Kn, te), r2=r2)
         P.mul_(dtr[:, None]).mul_(dtr[None, :])
         P.diagonal().fill_(1.0)
         Pet.mul_(dte[:, None]).mul_(dtr[None, :])
@@ -492,7 +493,7 @@ def mnk_gram(K, support, query, options: MNKOptions = MNKOptions()) -> np.ndarra
     Kn, U = _normalized_subkernel(K, [S, Q], r1, options.normalize_ntk, dev)
     loc = lambda a: torch.as_tensor(np.searchsorted(U, a), device=dev)  # noqa: E731
     zeros = torch.zeros(S.shape[0], S.shape[1], 1, dtype=Kn.dtype, device=dev)
-    g, _, _ = _make_group(Kn, loc(S), loc(Q), zeros, options.inner_time, r1, "task kernel")
+    g = _make_group(Kn, loc(S), loc(Q), zeros, options, "task kernel")
     P = _phi_block(Kn, g, g)
     if options.normalize_mnk:
         (d,) = _mnk_scales(torch.diagonal(P), r2=r2)
@@ -509,7 +510,7 @@ def normalized_kernel_block(K, images, options: MNKOptions = MNKOptions()) -> np
     return Kn[loc][:, loc].numpy()
 
 
-def _lowrank_meta_term(Kn, tr: _Group, te: _Group, R, Kss_tr, Ksq_tr, Kss_te, Ksq_te, r2, normalize_mnk):
+def _lowrank_meta_term(Kn, tr: _Group, te: _Group, R, o: MNKOptions):
     """Phin[test, train] (Phin[train, train] + r2 I)^-1 R without any M x M matrix.
 
     Phi = V^T Kn V with V (U x M) sparse: column p = (task i, query q) is
@@ -526,9 +527,9 @@ def _lowrank_meta_term(Kn, tr: _Group, te: _Group, R, Kss_tr, Ksq_tr, Kss_te, Ks
     """
     dev, dt = Kn.device, Kn.dtype
     Uimg = Kn.shape[0]
-    if normalize_mnk:
-        dtr, dte = _mnk_scales(_phi_diag(Kn, tr, Kss_tr, Ksq_tr).view(tr.n, tr.nq),
-                               _phi_diag(Kn, te, Kss_te, Ksq_te).view(te.n, te.nq), r2=r2)
+    r2 = o.ridge[1]
+    if o.normalize_mnk:
+        dtr, dte = _mnk_scales(_phi_diag(Kn, tr).view(tr.n, tr.nq), _phi_diag(Kn, te).view(te.n, te.nq), r2=r2)
         lam = r2 * dtr**2 + r2
     else:
         dtr = torch.ones(tr.n, tr.nq, dtype=dt, device=dev)
