@@ -55,7 +55,11 @@ if name == "plain":  # no logged_run: only the check before the rename protects 
 else:  # logged_run's watchdog stops an orphan that would compute for a long time
     with logged_run(snakemake.log[0], "guarded"):
         while not Path("go").exists():
-            time.sleep(0.05)
+            try:
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                if name != "stubborn":  # "stubborn" swallows it: the watchdog must exit hard
+                    raise
         save_json(snakemake.output[0], {"written_by": os.getpid()})
 """
 
@@ -109,7 +113,7 @@ def test_job_writes_while_snakemake_lives(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to follow the process tree")
-@pytest.mark.parametrize("name", ["plain", "logged"])
+@pytest.mark.parametrize("name", ["plain", "logged", "stubborn"])
 def test_orphan_after_snakemake_is_killed_writes_nothing(tmp_path, name):
     workdir = _workflow(tmp_path)
     proc = _start(workdir, f"out/{name}.json")
@@ -125,7 +129,7 @@ def test_orphan_after_snakemake_is_killed_writes_nothing(tmp_path, name):
         assert _alive(job)  # the job outlives its Snakemake: it is an orphan now
         if name == "plain":
             (workdir / "go").touch()  # finish, and try to write
-        # "logged" is never let go: its watchdog must stop it.
+        # "logged" and "stubborn" are never let go: their watchdog must stop them.
         try:
             _wait_for(lambda: not _alive(job), 60, "the orphaned job to end")
         except AssertionError as error:  # say what the job was doing (its log, its parents)
@@ -144,4 +148,8 @@ def test_orphan_after_snakemake_is_killed_writes_nothing(tmp_path, name):
         assert "OrphanedJobError" in (workdir / "plain.error").read_text()
         assert "is gone" in (workdir / "plain.error").read_text()
     else:
-        assert "is gone" in (workdir / "logs" / "logged.log").read_text()
+        log = (workdir / "logs" / f"{name}.log").read_text()
+        assert "is gone" in log
+        # the KeyboardInterrupt stops a normal job; one that swallows it is exited hard
+        assert ("failed: KeyboardInterrupt" in log) == (name == "logged")
+        assert ("exiting" in log) == (name == "stubborn")

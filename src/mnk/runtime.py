@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,8 @@ from pathlib import Path
 # The Snakemake process that runs this job, as "pid:start-time" (set by the Snakefile).
 WORKFLOW_PROCESS_ENV = "MNK_WORKFLOW_PROCESS"
 WATCH_SECONDS = 5.0
+ORPHAN_GRACE_SECONDS = 10.0  # after the KeyboardInterrupt, before a hard exit
+ORPHAN_EXIT_CODE = 75  # EX_TEMPFAIL: nothing was wrong with the job itself
 
 
 class OrphanedJobError(RuntimeError):
@@ -106,7 +109,11 @@ def _watch_workflow(logger: logging.Logger, stop: threading.Event, interval: flo
     logger.error("the Snakemake process that started this job is gone: stopping this orphaned job")
     import _thread
 
-    _thread.interrupt_main()
+    _thread.interrupt_main()  # KeyboardInterrupt in the main thread: logged_run logs and re-raises
+    if not stop.wait(ORPHAN_GRACE_SECONDS):  # ignored (SIGINT not Python's) or stuck in C code
+        logger.error("still running %.0f s later: exiting", ORPHAN_GRACE_SECONDS)
+        logging.shutdown()
+        os._exit(ORPHAN_EXIT_CODE)  # outputs are atomic renames: at worst a hidden temporary file stays
 
 
 @contextlib.contextmanager
@@ -128,6 +135,8 @@ def logged_run(log_path: str | os.PathLike | None, name: str):
     start = time.perf_counter()
     stop = threading.Event()
     if workflow_alive() is not None:  # an orphan stops instead of computing for nobody
+        if threading.current_thread() is threading.main_thread():  # a job may inherit SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         threading.Thread(target=_watch_workflow, args=(logger, stop, WATCH_SECONDS), daemon=True).start()
     with contextlib.redirect_stderr(stream) if stream else contextlib.nullcontext():
         try:

@@ -20,6 +20,7 @@ from mnk import (
     plan,
 )  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
 from mnk.omniglot import ARCHIVES  # noqa: E402
+
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
 # The image pools and their kernel blocks, planned once (also checks the task settings).
 POOLS = plan.pools(config)
