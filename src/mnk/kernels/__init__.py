@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from mnk.kernel_options import DTYPES  # one list, with the config's options
 from mnk.kernels._validate import as_images, check_depth
 from mnk.kernels.ntk import ntk_gram
 
@@ -65,7 +66,6 @@ def select_backend(backend: str = "auto") -> str:
     return "cuda"
 
 
-from mnk.kernel_options import DTYPES  # noqa: E402 (one list, with the config's options)
 
 
 def check_dtype(dtype) -> str:

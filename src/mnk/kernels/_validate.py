@@ -6,8 +6,10 @@ import numbers
 
 import numpy as np
 
+from mnk.kernel_options import MIN_DEPTH
 
-def check_depth(depth, minimum: int = 2, what: str = "depth") -> int:
+
+def check_depth(depth, minimum: int = MIN_DEPTH["cntk"], what: str = "depth") -> int:
     if isinstance(depth, bool) or not isinstance(depth, numbers.Integral):
         raise ValueError(f"{what} must be an integer, got {depth!r}")
     depth = int(depth)
