@@ -55,9 +55,9 @@ dry-run: venv
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Planned kernel pairs and projected GPU/CPU-hours of a config (mnk.cost; no venv needed).
+# Planned kernel pairs and projected GPU/CPU-hours of a config (mnk.study.cost; no venv needed).
 cost:
-	PYTHONPATH=src $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m mnk.cost $(or $(CONFIG),config/config.yaml)
+	PYTHONPATH=src $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) -m mnk.study.cost $(or $(CONFIG),config/config.yaml)
 
 lint: venv
 	$(BIN)/snakemake --lint

@@ -20,10 +20,10 @@ import time
 
 import numpy as np
 
-from mnk.io import load_npz
-from mnk.kernels import cntk_gram
-from mnk.meta import MNKOptions
-from mnk.study import grid_settings, kernel_regression_labels, mnk_labels, without_test_tasks
+from mnk.infra.io import load_npz
+from mnk.kernels.gram import cntk_gram
+from mnk.methods.mnk import MNKOptions
+from mnk.study.selection import grid_settings, kernel_regression_labels, mnk_labels, without_test_tasks
 
 CANDIDATES = {  # name: (image side, depth, gap)
     "vanilla 28x28 d10": (28, 10, False),
@@ -65,7 +65,7 @@ def main() -> None:
     features = None
     grid = dict(GRID)
     if args.encoder:
-        from mnk.encoder import encode, load_encoder
+        from mnk.methods.encoder import encode, load_encoder
 
         features = encode(load_encoder(args.encoder), images)
     else:

@@ -26,8 +26,8 @@ import time
 import numpy as np
 import torch
 
-from mnk import maml as M
-from mnk.nets import build_network
+from mnk.methods import maml as M
+from mnk.methods.nets import build_network
 
 CONFIGS = [
     # label, method, impl, extra

@@ -1,4 +1,4 @@
-"""Seconds and peak memory of mnk.meta.mnk_predict for 60, 600 and 3,000 training tasks.
+"""Seconds and peak memory of mnk.methods.mnk.mnk_predict for 60, 600 and 3,000 training tasks.
 
 5-way 1-shot, 19 queries per class (5 support + 95 query images per task), 100 test
 tasks, a random positive definite kernel over ``--n-images`` images (20 per class, like
@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from mnk.meta import _CHUNK_BYTES, MNKOptions, TaskSet, mnk_memory_bytes, mnk_predict
+from mnk.methods.mnk import _CHUNK_BYTES, MNKOptions, TaskSet, mnk_memory_bytes, mnk_predict
 
 WAY, SHOT, QUERY_PER_CLASS, PER_CLASS = 5, 1, 19, 20
 GiB = 2**30

@@ -1,7 +1,7 @@
 """Rule download_omniglot: fetch one archive from the official URL or a mirror, verified."""
 
-from mnk.data import download_archive
-from mnk.runtime import logged_run
+from mnk.data.archive import download_archive
+from mnk.infra.runtime import logged_run
 
 with logged_run(snakemake.log[0], "download_omniglot"):
     download_archive(

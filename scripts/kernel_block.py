@@ -4,12 +4,12 @@ import time
 
 import numba
 
-from mnk import kernels
-from mnk.blocks import block_identity, compute_block, prepare_images, write_block
-from mnk.io import load_npz
-from mnk.kernel_options import KernelOptions
-from mnk.plan import Block, PoolPlan, from_params
-from mnk.runtime import logged_run
+from mnk.kernels.gram import select_backend
+from mnk.study.blocks import block_identity, compute_block, prepare_images, write_block
+from mnk.infra.io import load_npz
+from mnk.kernels.options import KernelOptions
+from mnk.study.plan import Block, PoolPlan, from_params
+from mnk.infra.runtime import logged_run
 
 with logged_run(snakemake.log[0], "kernel_block") as log:
     numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))
@@ -31,7 +31,7 @@ with logged_run(snakemake.log[0], "kernel_block") as log:
     backend = snakemake.params.backend  # a run setting: it does not change values
     log.info("%s block %s rows %s cols %s, kernel %s", pool.name, block.name, block.rows, block.cols, options)
     if options.type == "cntk":
-        log.info("CNTK backend: %s", kernels.select_backend(backend))
+        log.info("CNTK backend: %s", select_backend(backend))
     start = time.perf_counter()
     values = compute_block(X, Z, block, options, pool.task_size, backend)
     seconds = time.perf_counter() - start

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from mnk.tasklist import parse_task_list, write_omniglot_one_shot_list  # noqa: E402
+from mnk.tasks.tasklist import parse_task_list, write_omniglot_one_shot_list  # noqa: E402
 
 
 def main(argv=None):

@@ -1,13 +1,13 @@
 """Rule make_pool: the image pool of one (way, shot, seed), whose kernel the experiments share:
-the largest experiment's image list (mnk.tasks.pool_of).
+the largest experiment's image list (mnk.tasks.sampling.pool_of).
 
-With tasks.test_tasks, the pool's test tasks are the list's (mnk.tasklist), their images
+With tasks.test_tasks, the pool's test tasks are the list's (mnk.tasks.tasklist), their images
 preprocessed like the dataset's."""
 
-from mnk.io import load_npz, save_npz
-from mnk.runtime import logged_run
-from mnk.tasklist import sample_tasks
-from mnk.tasks import TaskSpec, pool_of
+from mnk.infra.io import load_npz, save_npz
+from mnk.infra.runtime import logged_run
+from mnk.tasks.tasklist import sample_tasks
+from mnk.tasks.sampling import TaskSpec, pool_of
 
 with logged_run(snakemake.log[0], "make_pool") as log:
     spec = TaskSpec(**snakemake.params.spec)

@@ -1,12 +1,12 @@
 """Rule make_tasks: sample one experiment's train/val/test tasks as index arrays.
 
-With tasks.test_tasks, the test tasks are the list's (mnk.tasklist) and their images,
+With tasks.test_tasks, the test tasks are the list's (mnk.tasks.tasklist) and their images,
 preprocessed like the dataset's, follow the training and validation images."""
 
-from mnk.io import load_npz, save_npz
-from mnk.runtime import logged_run
-from mnk.tasklist import sample_tasks
-from mnk.tasks import TaskSpec
+from mnk.infra.io import load_npz, save_npz
+from mnk.infra.runtime import logged_run
+from mnk.tasks.tasklist import sample_tasks
+from mnk.tasks.sampling import TaskSpec
 
 with logged_run(snakemake.log[0], "make_tasks") as log:
     spec = TaskSpec(**snakemake.params.spec)

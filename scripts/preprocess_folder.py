@@ -1,8 +1,8 @@
 """Rule preprocess_folder: an image-folder dataset -> the arrays of the preprocessed Omniglot."""
 
-from mnk.data import write_preprocessed
-from mnk.folder import FolderOptions, read_folder_options
-from mnk.runtime import logged_run
+from mnk.data.archive import write_preprocessed
+from mnk.data.folder import FolderOptions, read_folder_options
+from mnk.infra.runtime import logged_run
 
 with logged_run(snakemake.log[0], "preprocess_folder") as log:
     options = FolderOptions.from_config(snakemake.params.data)

@@ -1,7 +1,7 @@
 """Rule preprocess_omniglot: both archives -> one compressed array file."""
 
-from mnk.data import ARCHIVES, preprocess, write_preprocessed
-from mnk.runtime import logged_run
+from mnk.data.archive import ARCHIVES, preprocess, write_preprocessed
+from mnk.infra.runtime import logged_run
 
 with logged_run(snakemake.log[0], "preprocess_omniglot") as log:
     data = preprocess(

@@ -9,10 +9,10 @@ import time
 
 import torch
 
-from mnk.io import load_npz, save_json, save_npz
-from mnk.meta import MNKOptions
-from mnk.runtime import device_name, git_revision, logged_run, resolve_device
-from mnk.study import kernel_regression_labels, method_metrics, prototype_labels, require_computed
+from mnk.infra.io import load_npz, save_json, save_npz
+from mnk.methods.mnk import MNKOptions
+from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.study.selection import kernel_regression_labels, method_metrics, prototype_labels, require_computed
 
 with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
     torch.set_num_threads(snakemake.threads)
@@ -30,7 +30,7 @@ with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
         extra = {"options": {"r1": cfg["r1"], "inner_time": cfg["inner_time"], "normalize_ntk": cfg["normalize_ntk"]},
                  "kernel": snakemake.params.kernel, "kernel_seconds": float(kernel["block_seconds"].sum())}
     else:
-        from mnk.encoder import encode, load_encoder
+        from mnk.methods.encoder import encode, load_encoder
 
         images = load_npz(snakemake.input.images)["images"]
         features = encode(load_encoder(snakemake.input.encoder, device), images, device)

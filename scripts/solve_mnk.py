@@ -5,10 +5,10 @@ from dataclasses import asdict
 
 import torch
 
-from mnk.io import load_npz, save_json, save_npz
-from mnk.meta import MNKOptions
-from mnk.runtime import device_name, git_revision, logged_run, resolve_device
-from mnk.study import grid_settings, heatmap_matrices, method_metrics, mnk_labels, require_computed, select_setting
+from mnk.infra.io import load_npz, save_json, save_npz
+from mnk.methods.mnk import MNKOptions
+from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.study.selection import grid_settings, heatmap_matrices, method_metrics, mnk_labels, require_computed, select_setting
 
 with logged_run(snakemake.log[0], "solve_mnk") as log:
     torch.set_num_threads(snakemake.threads)
@@ -23,7 +23,7 @@ with logged_run(snakemake.log[0], "solve_mnk") as log:
     require_computed(kernel["computed"], tasks, evaluated, with_train=True, what=snakemake.input.kernel)
     features = None
     if any(s.targets == "encoder" for s in settings):
-        from mnk.encoder import encode, load_encoder
+        from mnk.methods.encoder import encode, load_encoder
 
         images = load_npz(snakemake.input.images)["images"]
         features = encode(load_encoder(snakemake.input.encoder, device), images, device)

@@ -37,7 +37,7 @@ def mirror() -> Path:
 @pytest.fixture(scope="session")
 def omniglot(mirror, tmp_path_factory) -> dict:
     """The preprocessed Omniglot arrays, made once per test session from the mirror."""
-    from mnk.data import ARCHIVES, download_archive, preprocess
+    from mnk.data.archive import ARCHIVES, download_archive, preprocess
 
     folder = tmp_path_factory.mktemp("omniglot")
     archives = {name: download_archive(name, folder / f"{name}.zip", source="mirror", mirror=str(mirror))

@@ -8,15 +8,15 @@ import shutil
 import numpy as np
 import pytest
 
-from mnk.blocks import (block_identity, check_computed, check_tasks_match_pool, compute_block, gather, prepare_images,
+from mnk.study.blocks import (block_identity, check_computed, check_tasks_match_pool, compute_block, gather, prepare_images,
                         write_block)
-from mnk.io import load_npz, save_npz
-from mnk.kernels import cntk_gram
-from mnk.kernel_options import KernelOptions
+from mnk.infra.io import load_npz, save_npz
+from mnk.kernels.gram import cntk_gram
+from mnk.kernels.options import KernelOptions
 from mnk.kernels.transform import transform_images
-from mnk.plan import PoolPlan, kernel_identity
-from mnk.runtime import resolve_device
-from mnk.tasks import TaskSpec, make_pool, make_tasks
+from mnk.study.plan import PoolPlan, kernel_identity
+from mnk.infra.runtime import resolve_device
+from mnk.tasks.sampling import TaskSpec, make_pool, make_tasks
 
 WAY, SHOT, QUERY, N_VAL, N_TEST = 2, 1, 2, 2, 3
 CHARS = (2, 4, 6)

@@ -11,7 +11,8 @@ import numba
 import numpy as np
 import pytest
 
-from mnk.kernels import _acos, cntk_gram
+from mnk.kernels import _acos
+from mnk.kernels.gram import cntk_gram
 
 
 def _rel(K, R):

@@ -352,7 +352,7 @@ def test_gpu_edge_inputs_and_dispatcher():
     X = rng.integers(0, 256, size=(3, 10, 9)).astype(np.float64)
     ref = cntk_gram_cpu(X, depth=5) if cntk_gram_cpu else cntk_gram_reference(X, depth=5, gap=True, fix=False)
     assert rel_err(cntk_cuda.cntk_gram_cuda(X, depth=5), ref) <= 1e-5
-    from mnk.kernels import cntk_gram
+    from mnk.kernels.gram import cntk_gram
 
     assert rel_err(cntk_gram(X, depth=5, backend="cuda"), ref) <= 1e-5
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnk import config_checks
-from mnk.config_checks import ConfigError, check_config, check_devices
+from mnk.study import config_checks
+from mnk.study.config_checks import ConfigError, check_config, check_devices
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -125,7 +125,7 @@ def test_cuda_hidden_by_cuda_visible_devices(tmp_path, monkeypatch):
 
 def test_config_checks_import_without_numpy_or_torch():
     code = ("import sys; sys.modules['numpy'] = None; sys.modules['torch'] = None; "
-            "import mnk.config_checks, mnk.runtime")
+            "import mnk.study.config_checks, mnk.infra.runtime")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
@@ -139,7 +139,7 @@ def _snakemake(workdir: Path, *args, env=None):
 
 
 @pytest.mark.parametrize("edit,expected", [
-    (lambda c: c["tasks"].update(n_characters=[5, 12]), "tasks.n_characters 12 is not a multiple"),  # mnk.config_checks
+    (lambda c: c["tasks"].update(n_characters=[5, 12]), "tasks.n_characters 12 is not a multiple"),  # mnk.study.config_checks
     (lambda c: c["kernel"].update(depth=1), "'kernel'"),  # the schema's conditional bound
     (lambda c: c["tasks"].update(n_test_tasks=20000), "20000 is greater than the maximum"),
     (lambda c: c["tasks"].update(seeds=[0, 0]), "non-unique"),

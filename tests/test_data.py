@@ -12,8 +12,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from mnk import data
-from mnk.data import DataError
+from mnk.data import archive as data
+from mnk.data.archive import DataError
 
 
 @pytest.fixture(autouse=True)

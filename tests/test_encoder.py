@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnk.encoder import EncoderOptions, encode, load_encoder, save_encoder, train_label_encoder
+from mnk.methods.encoder import EncoderOptions, encode, load_encoder, save_encoder, train_label_encoder
 
 
 @pytest.fixture(scope="module")

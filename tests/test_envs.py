@@ -149,7 +149,7 @@ def test_env_provides_every_import(rule, envs, script):
 
 
 def test_checker_sees_transitive_imports():
-    """The checker must notice torch behind mnk.meta and numpy behind mnk.data."""
+    """The checker must notice torch behind mnk.methods.mnk and numpy behind mnk.data.archive."""
     assert "torch" in third_party_imports(REPO / "scripts" / "solve_mnk.py")
     assert "numpy" in third_party_imports(REPO / "scripts" / "download_omniglot.py")
 
@@ -317,11 +317,11 @@ def run_rule_script(venv: Path, tmp_path: Path, script: str, **spec) -> None:
 def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
     """make_pool (data env) then kernel_block (kernels env) on a tiny pool: both run with
     nothing but their env, and agree with the host's computation."""
-    from mnk import plan
-    from mnk.blocks import compute_block, prepare_images
-    from mnk.io import load_npz
-    from mnk.kernel_options import KernelOptions
-    from mnk.tasks import TaskSpec, make_pool
+    from mnk.study import plan
+    from mnk.study.blocks import compute_block, prepare_images
+    from mnk.infra.io import load_npz
+    from mnk.kernels.options import KernelOptions
+    from mnk.tasks.sampling import TaskSpec, make_pool
 
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
     pool = next(iter(plan.pools(config).values()))

@@ -1,4 +1,4 @@
-"""Image-folder datasets (mnk.folder): layout, channels, inversion, resizing, errors."""
+"""Image-folder datasets (mnk.data.folder): layout, channels, inversion, resizing, errors."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnk import data
-from mnk.data import DataError
-from mnk.folder import FolderOptions, ImageOptions, load_image, read_folder_dataset
+from mnk.data import archive as data
+from mnk.data.archive import DataError
+from mnk.data.folder import FolderOptions, ImageOptions, load_image, read_folder_dataset
 from mnk.kernels._validate import as_images
 
 SIZE = 8
@@ -199,7 +199,7 @@ def test_options_from_config_name_the_key(tmp_path):
 @pytest.mark.parametrize("method", ["maml", "imaml"])
 def test_rgb_images_reach_the_meta_learners(method):
     """(N, 3, H, W) images train a 3-input-channel network (grey data: 1 channel)."""
-    from mnk import maml
+    from mnk.methods import maml
     from test_maml import synthetic_fewshot
 
     images, tasks = synthetic_fewshot(query=2)

@@ -23,7 +23,7 @@ def _gpu_config() -> dict:
 
 
 def test_gpu_plan_fits_fifteen_minutes_on_one_gpu():
-    out = subprocess.run([sys.executable, "-m", "mnk.cost", str(GPU_CONFIG)], cwd=REPO, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "mnk.study.cost", str(GPU_CONFIG)], cwd=REPO, capture_output=True,
                          text=True, check=True, env={"PYTHONPATH": str(REPO / "src")}).stdout
     minutes = float(re.search(r"\(([\d.]+) GPU-minutes on one H200\)", out).group(1))
     assert minutes <= 13, out  # the rest of the 15 minutes: data preparation, encoders, solves

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnk import kernels
+from mnk.kernels import gram
 from mnk.kernels import cntk_cuda
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,9 +93,9 @@ def test_cntk_gram_cuda_error_carries_the_reason(monkeypatch):
     fake_cupy(monkeypatch, driver=11080, built=12060)
     X = np.random.default_rng(0).random((2, 5, 5))
     with pytest.raises(RuntimeError, match=r"backend='cuda'.*cuda_available\(\) is False: the NVIDIA driver is too old"):
-        kernels.cntk_gram(X, depth=2, backend="cuda")
+        gram.cntk_gram(X, depth=2, backend="cuda")
     # `auto` falls back to the CPU instead (the values do not depend on the backend)
-    assert kernels.select_backend("auto") == "cpu"
+    assert gram.select_backend("auto") == "cpu"
 
 
 # ------------------------------------------------------------------ GPU job limit

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnk import io, runtime
-from mnk.io import CorruptFileError, MissingKeyError
+from mnk.infra import io, runtime
+from mnk.infra.io import CorruptFileError, MissingKeyError
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

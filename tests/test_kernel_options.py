@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mnk.blocks import base_kernel
-from mnk.kernel_options import KernelOptions
-from mnk.kernels import cntk_gram, ntk_gram
-from mnk.plan import kernel_identity
+from mnk.study.blocks import base_kernel
+from mnk.kernels.options import KernelOptions
+from mnk.kernels.gram import cntk_gram, ntk_gram
+from mnk.study.plan import kernel_identity
 
 
 def test_from_the_config_section_less_run_settings(repo):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnk.kernels import cntk_gram, ntk_gram, select_backend
+from mnk.kernels.gram import cntk_gram, ntk_gram, select_backend
 from mnk.kernels.reference import cntk_gram_reference
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests of the MAML / iMAML baselines (src/mnk/maml.py, src/mnk/nets.py).
+"""Tests of the MAML / iMAML baselines (src/mnk/methods/maml.py, src/mnk/methods/nets.py).
 
 Gradient correctness (float64, tiny models): vmapped MAML meta-gradient == per-task loop,
 finite differences; iMAML CG hypergradient == explicit-Hessian solve, == finite
@@ -19,9 +19,9 @@ import pytest
 import torch
 from torch import nn
 
-from mnk import maml as M
-from mnk.nets import BatchStatNorm2d, build_network
-from mnk.tasks import TaskSpec, make_tasks
+from mnk.methods import maml as M
+from mnk.methods.nets import BatchStatNorm2d, build_network
+from mnk.tasks.sampling import TaskSpec, make_tasks
 
 torch.set_num_threads(1)
 

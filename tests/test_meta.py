@@ -1,4 +1,4 @@
-"""mnk.meta against a direct, loop-based implementation of the MNK formulas."""
+"""mnk.methods.mnk against a direct, loop-based implementation of the MNK formulas."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from mnk.meta import (
+from mnk.methods.mnk import (
     DegenerateKernelError,
     MNKOptions,
     NotPositiveDefiniteError,
@@ -17,7 +17,7 @@ from mnk.meta import (
     mnk_gram,
     mnk_predict,
 )
-from mnk.targets import class_centroid_targets, class_centroids, one_hot, predict_labels
+from mnk.methods.targets import class_centroid_targets, class_centroids, one_hot, predict_labels
 
 INF = math.inf
 
@@ -36,7 +36,7 @@ def _ref_fun_matrix(A, t, r):
 
 def reference_predict(K, trS, trQ, trYs, trYq, teS, teQ, teYs, inner_time, meta_time,
                       ridge, normalize_ntk, normalize_mnk):
-    """Literal, loop-based transcription of the formulas in mnk.meta's docstring."""
+    """Literal, loop-based transcription of the formulas in mnk.methods.mnk's docstring."""
     r1, r2 = ridge
     N = K.shape[0]
     if normalize_ntk:
@@ -211,7 +211,7 @@ def test_test_tasks_are_independent():
 
 
 def test_chunked_assembly_matches(monkeypatch):
-    import mnk.meta as meta
+    import mnk.methods.mnk as meta
     p = random_problem(seed=9, n_tr=7)
     want = call(p)
     monkeypatch.setattr(meta, "_CHUNK_BYTES", 1)
@@ -330,7 +330,7 @@ def test_centroids_and_nearest_centroid():
 
 def test_classification_end_to_end_accuracy():
     """Well-separated clusters with a linear kernel: MNK with one-hot targets is perfect."""
-    from mnk.metrics import accuracy_ci, per_task_accuracy
+    from mnk.methods.metrics import accuracy_ci, per_task_accuracy
 
     rng = np.random.default_rng(1)
     way, n_cls = 3, 12
@@ -377,7 +377,7 @@ def test_lowrank_solver_matches_reference(inner_time, normalize_ntk, normalize_m
 
 
 def test_lowrank_solver_few_tasks_and_auto_choice(monkeypatch):
-    import mnk.meta as meta
+    import mnk.methods.mnk as meta
 
     p = random_problem(seed=14, n_images=60, n_tr=3)  # M < U: also exact
     np.testing.assert_allclose(call(p, solver="lowrank"), ref(p), rtol=0, atol=1e-8)
@@ -432,7 +432,7 @@ def test_mnk_gram_matches_reference_blocks(inner_time, normalize_ntk, normalize_
 
 
 def test_normalized_kernel_block_is_step_one_in_the_given_order():
-    from mnk.meta import normalized_kernel_block
+    from mnk.methods.mnk import normalized_kernel_block
 
     p = random_problem(seed=19)
     images = np.array([7, 3, 3, 11])  # order kept, repeats allowed

@@ -1,6 +1,6 @@
-"""Hand-computed cases for mnk.metrics (the numbers every summary table prints).
+"""Hand-computed cases for mnk.methods.metrics (the numbers every summary table prints).
 
-Convention (mnk.metrics): accuracy = mean over tasks; 95% half-width =
+Convention (mnk.methods.metrics): accuracy = mean over tasks; 95% half-width =
 1.96 * std / sqrt(n_tasks) with the population std (ddof=0, numpy's default).
 """
 
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from mnk.metrics import accuracy_ci, per_task_accuracy
+from mnk.methods.metrics import accuracy_ci, per_task_accuracy
 
 
 def test_accuracy_ci_hand_case():

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 SNAKEFILE = """
-from mnk.runtime import export_workflow_process
+from mnk.infra.runtime import export_workflow_process
 
 export_workflow_process()
 
@@ -39,8 +39,8 @@ import os
 import time
 from pathlib import Path
 
-from mnk.io import save_json
-from mnk.runtime import logged_run
+from mnk.infra.io import save_json
+from mnk.infra.runtime import logged_run
 
 name = snakemake.wildcards.name
 Path(f"{name}.pid").write_text(str(os.getpid()))

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from mnk.io import load_npz
-from mnk.tasklist import list_tasks_id, parse_task_list, write_omniglot_one_shot_list, write_task_list
+from mnk.infra.io import load_npz
+from mnk.tasks.tasklist import list_tasks_id, parse_task_list, write_omniglot_one_shot_list, write_task_list
 from test_folder import make_folder
 from test_workflow import COPY, REPO, planned_jobs, snakemake
 
@@ -169,7 +169,7 @@ def test_rgb_folder_dataset_end_to_end(tmp_path):
 
 
 def test_config_checks_apply_omniglot_bounds_to_omniglot_only():
-    from mnk.config_checks import task_problems
+    from mnk.study.config_checks import task_problems
 
     tasks = {"way": [5], "shot": [5], "n_characters": [5000], "query": 30, "split": "background",
              "n_val_characters": 20, "n_val_tasks": 1}
@@ -180,7 +180,7 @@ def test_config_checks_apply_omniglot_bounds_to_omniglot_only():
 
 
 def test_kernel_identity_names_the_folder_dataset_and_the_list(tmp_path):
-    from mnk import plan
+    from mnk.study import plan
 
     config = config_with()
     base = plan.kernel_identity(config)

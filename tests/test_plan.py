@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from mnk import cost, plan
+from mnk.study import cost, plan
 
 
 def _config(repo, name):
@@ -17,7 +17,7 @@ def _config(repo, name):
 
 def test_plan_imports_without_numpy_or_torch(repo):
     code = ("import sys; sys.modules.update(numpy=None, torch=None, scipy=None); "
-            f"sys.path.insert(0, {str(repo / 'src')!r}); import mnk.plan, mnk.cost as c; print(len(c.STAGES))")
+            f"sys.path.insert(0, {str(repo / 'src')!r}); import mnk.study.plan, mnk.study.cost as c; print(len(c.STAGES))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5"

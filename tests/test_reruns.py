@@ -3,7 +3,7 @@
 A finished tiny run (config/test.yaml, one experiment) in a scratch copy of the workflow, then
 dry runs after edits: comments, docstrings and mtimes in the package, the backend/device/CUDA
 switches and a move to a fresh checkout leave nothing to do; a change to kernel code
-schedules every kernel block again and nothing of the baselines. Plus mnk.codehash itself.
+schedules every kernel block again and nothing of the baselines. Plus mnk.infra.codehash itself.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mnk.codehash import NOT_RESULT_CODE, code_files, code_hash, normalized_source
+from mnk.infra.codehash import NOT_RESULT_CODE, code_files, code_hash, normalized_source
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -89,7 +89,7 @@ def test_comment_docstring_and_mtime_changes_rerun_nothing(project):
     src = project / "src" / "mnk"
     with edited(src / "__init__.py", lambda t: t + "\n# a comment only\n"), \
             edited(src / "kernels" / "cntk_cpu.py", add_to_docstring), \
-            edited(src / "blocks.py", lambda t: t.replace("\n\n\n", "\n\n\n# spacing and a comment\n", 1)):
+            edited(src / "study" / "blocks.py", lambda t: t.replace("\n\n\n", "\n\n\n# spacing and a comment\n", 1)):
         assert planned(project) == []
     assert planned(project) == []  # the restored files are newer than every result
 
@@ -107,7 +107,7 @@ def test_kernel_code_change_reruns_the_kernel_blocks_only_downstream(project):
 
 
 def test_training_code_change_reruns_training_not_kernels(project):
-    with edited(project / "src" / "mnk" / "maml.py", lambda t: t + "\n_CHANGED = 1\n"):
+    with edited(project / "src" / "mnk" / "methods" / "maml.py", lambda t: t + "\n_CHANGED = 1\n"):
         rules = {rule for rule, _ in planned(project)}
     assert "train_meta_learner" in rules
     assert not rules & {"kernel_block", "assemble_kernel", "make_tasks"}
@@ -145,7 +145,7 @@ def test_touch_records_a_change_as_current(project):
     assert planned(project) == []
 
 
-# ------------------------------------------------------------------ mnk.codehash
+# ------------------------------------------------------------------ mnk.infra.codehash
 
 
 def test_normalized_source_ignores_comments_docstrings_and_layout(tmp_path):
@@ -164,10 +164,10 @@ def test_normalized_source_ignores_comments_docstrings_and_layout(tmp_path):
 def test_code_files_follow_lazy_imports_and_skip_plumbing():
     files = {p.relative_to(REPO).as_posix() for p in code_files(REPO / "scripts" / "kernel_block.py")}
     # cntk_cpu / cntk_cuda are imported inside functions only: they are still the kernel's code
-    assert {"scripts/kernel_block.py", "src/mnk/__init__.py", "src/mnk/kernels/__init__.py",
+    assert {"scripts/kernel_block.py", "src/mnk/__init__.py", "src/mnk/kernels/__init__.py", "src/mnk/kernels/gram.py",
             "src/mnk/kernels/cntk_cpu.py", "src/mnk/kernels/cntk_cuda.py", "src/mnk/kernels/cntk_cuda.cu",
-            "src/mnk/blocks.py"} <= files
-    assert "src/mnk/maml.py" not in files
+            "src/mnk/study/blocks.py"} <= files
+    assert "src/mnk/methods/maml.py" not in files
     for module in NOT_RESULT_CODE:
         assert f"src/{module.replace('.', '/')}.py" not in files
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mnk.results import (
+from mnk.study.results import (
     paired_differences,
     per_task_table,
     plot_accuracy,

@@ -238,7 +238,7 @@ def copy_project(root: Path) -> Path:
 def test_tiny_config_on_slurm_matches_local_run(cluster, mirror, tmp_path):
     import numpy as np
 
-    from mnk.io import load_npz
+    from mnk.infra.io import load_npz
 
     env_mirror = {"OMNIGLOT_MIRROR": str(mirror)}
     cluster.env.update(env_mirror)

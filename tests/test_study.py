@@ -1,12 +1,12 @@
-"""mnk.study: selection on validation tasks only, the baselines, the kernel checks."""
+"""mnk.study.selection: selection on validation tasks only, the baselines, the kernel checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mnk.meta import DegenerateKernelError, MNKOptions
-from mnk.study import (
+from mnk.methods.mnk import DegenerateKernelError, MNKOptions
+from mnk.study.selection import (
     Setting,
     grid_settings,
     kernel_regression_labels,

@@ -1,12 +1,12 @@
-"""mnk.targets: targets and decoders, against direct linear algebra."""
+"""mnk.methods.targets: targets and decoders, against direct linear algebra."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mnk.meta import MNKOptions, TaskSet, mnk_predict
-from mnk.targets import decode, least_squares_labels, one_hot, predict_labels, task_targets
+from mnk.methods.mnk import MNKOptions, TaskSet, mnk_predict
+from mnk.methods.targets import decode, least_squares_labels, one_hot, predict_labels, task_targets
 
 
 def _problem(seed=0, way=5, n_images=80, n_tasks=6, d=12):

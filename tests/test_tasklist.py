@@ -1,4 +1,4 @@
-"""Fixed test-task lists (mnk.tasklist): parsing, layout, Omniglot one-shot lists, errors."""
+"""Fixed test-task lists (mnk.tasks.tasklist): parsing, layout, Omniglot one-shot lists, errors."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from mnk import data
-from mnk.folder import ImageOptions, load_image
-from mnk.tasklist import (TaskListError, layout_test_tasks, list_tasks_id, local_images, parse_task_list,
+from mnk.data import archive as data
+from mnk.data.folder import ImageOptions, load_image
+from mnk.tasks.tasklist import (TaskListError, layout_test_tasks, list_tasks_id, local_images, parse_task_list,
                           read_task_list,
                           replace_test_tasks, task_list_shape, write_omniglot_one_shot_list,
                           write_task_list)
@@ -161,8 +161,8 @@ def test_an_image_may_recur_across_tasks(tmp_path, images):
 
 
 def test_replace_test_tasks_keeps_training_side(tmp_path, images):
-    from mnk.folder import dataset_image_options
-    from mnk.tasks import TaskSpec, make_tasks
+    from mnk.data.folder import dataset_image_options
+    from mnk.tasks.sampling import TaskSpec, make_tasks
 
     # a toy dataset in the make_tasks format: 8 classes x 4 images, the last 4 classes test
     character = np.repeat(np.arange(8), 4)

@@ -1,5 +1,5 @@
 """Task sampling on real Omniglot ids: pools, balance, disjointness, nesting, shared test
-tasks, determinism. Expected values come from the raw arrays, not from mnk.tasks."""
+tasks, determinism. Expected values come from the raw arrays, not from mnk.tasks.sampling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from mnk.tasks import TaskSpec, character_pools, make_pool, make_tasks
+from mnk.tasks.sampling import TaskSpec, character_pools, make_pool, make_tasks
 
 SPEC = dict(way=5, shot=1, query=4, n_characters=10, seed=0, enlarge_ratio=3, n_test_tasks=6, n_val_tasks=3,
             n_val_characters=10)

@@ -10,7 +10,7 @@ for time inner_time), outer loop = full-batch gradient flow on the summed query 
 1/2 sum_i |F_i(X'_i) - Y'_i|^2 for time meta_time (integrated with Heun's method, second
 order, through exact second-order meta-gradients). The network output is zero at
 initialisation: f(x) = net(x; theta) - net(x; theta_0). Its adapted predictions on the
-test queries must approach mnk.meta.mnk_predict(analytic NTK, ridge=(0, 0), no
+test queries must approach mnk.methods.mnk.mnk_predict(analytic NTK, ridge=(0, 0), no
 normalisation, same finite times) as the width grows.
 
 Analytic NTK of this exact network (both layers trained), with S0 = <x, z> / d,
@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnk.meta import MNKOptions, TaskSet, mnk_predict
+from mnk.methods.mnk import MNKOptions, TaskSet, mnk_predict
 
 DIM = 4
 N_TRAIN, N_TEST, N_SUP, N_QRY = 3, 2, 2, 3

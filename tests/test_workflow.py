@@ -106,9 +106,9 @@ def test_tiny_run_produces_every_output(project):
 
 
 def test_assembled_kernel_equals_one_shot_gram(project):
-    from mnk.blocks import base_kernel
-    from mnk.kernel_options import KernelOptions
-    from mnk.io import load_npz
+    from mnk.study.blocks import base_kernel
+    from mnk.kernels.options import KernelOptions
+    from mnk.infra.io import load_npz
     from mnk.kernels.transform import transform_images
 
     exp = project / "results"
@@ -137,7 +137,7 @@ def test_assembled_kernel_equals_one_shot_gram(project):
 
 
 def _saved_per_task(project, method, exp):
-    from mnk.io import load_npz
+    from mnk.infra.io import load_npz
 
     saved = load_npz(project / "results" / method / exp / "predictions.npz")
     return (saved["labels"] == saved["query_labels"]).mean(axis=1)
@@ -166,7 +166,7 @@ def test_summary_and_paired_equal_the_saved_predictions(project):
 
 def test_kernel_regression_baseline_is_wired_to_the_kernel_and_r1(project):
     """Its saved labels equal a per-task one-hot regression computed here from kernel.npz."""
-    from mnk.io import load_npz
+    from mnk.infra.io import load_npz
 
     config = yaml.safe_load((project / "config" / "config.yaml").read_text())
     r1 = config["mnk"]["r1"]

@@ -15,11 +15,11 @@ os.environ.update(
     PYTHONPATH=os.pathsep.join(filter(None, [str(SRC_DIR), os.getenv("PYTHONPATH")])),
 )
 
-from mnk import (
+from mnk.study import (
     cost as kernel_cost,
     plan,
 )  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
-from mnk.omniglot import ARCHIVES  # noqa: E402
+from mnk.data.omniglot import ARCHIVES  # noqa: E402
 
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
 # The image pools and their kernel blocks, planned once (also checks the task settings).
@@ -155,11 +155,11 @@ def experiment_block_files(wildcards):
 
 
 def code_hash(script):
-    """`params: code=`: hash of the normalized code behind the rule's script (mnk.codehash).
+    """`params: code=`: hash of the normalized code behind the rule's script (mnk.infra.codehash).
 
     Comments, docstrings and mtimes don't change it; a change to code the script runs
     through does, and the params rerun trigger then reruns the rule."""
-    from mnk.codehash import code_hash as normalized_code_hash
+    from mnk.infra.codehash import code_hash as normalized_code_hash
 
     return normalized_code_hash(str(REPO_DIR / "scripts" / script), str(SRC_DIR))
 
@@ -270,7 +270,7 @@ def kernel_threads():
 
 
 def meta_learner_runtime(wildcards, attempt):
-    """Minutes for MAML/iMAML: 3x the meta-updates at H200 speed (mnk.cost), + 15."""
+    """Minutes for MAML/iMAML: 3x the meta-updates at H200 speed (mnk.study.cost), + 15."""
     updates = kernel_cost.meta_updates(config, wildcards.method, wildcards.exp)
     per_second = kernel_cost.META_ITERATIONS_PER_SECOND[wildcards.method]
     return int(15 + 3 * updates / per_second / 60) * attempt

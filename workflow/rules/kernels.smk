@@ -1,5 +1,5 @@
 # Base kernel (CNTK or NTK): one kernel per image pool (way x shot x seed), in blocks keyed
-# by image ids (mnk.plan), gathered into each experiment's sub-kernel.
+# by image ids (mnk.study.plan), gathered into each experiment's sub-kernel.
 
 
 rule make_pool:

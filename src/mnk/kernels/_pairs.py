@@ -18,14 +18,14 @@ def batches(n: int, nbatch: int):
 
 
 class PairProgress:
-    """Pairs-per-second bar (:func:`mnk.progress.progress_bar`, a line every few seconds in
+    """Pairs-per-second bar (:func:`mnk.infra.progress.progress_bar`, a line every few seconds in
     logs) for large Gram matrices; a no-op for small ones or ``show=False``."""
 
     def __init__(self, total_pairs: int, work: float, desc: str, show: bool | None = None):
         show = work > PROGRESS_MIN_WORK if show is None else bool(show)
         self.bar = None
         if show:
-            from mnk.progress import progress_bar  # noqa: PLC0415
+            from mnk.infra.progress import progress_bar  # noqa: PLC0415
 
             self.bar = progress_bar(total_pairs, desc, unit="pair")
 

@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from mnk.kernel_options import MIN_DEPTH
+from mnk.kernels.options import MIN_DEPTH
 
 
 def check_depth(depth, minimum: int = MIN_DEPTH["cntk"], what: str = "depth") -> int:

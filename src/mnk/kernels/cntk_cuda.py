@@ -63,7 +63,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mnk.kernels._validate import as_image_pair, check_depth, image_keys as _image_keys
-from mnk.progress import progress_bar
+from mnk.infra.progress import progress_bar
 
 __all__ = ["cuda_available", "cuda_unavailable_reason", "cntk_gram_cuda", "supports_shape", "layer_variances", "kernel_source", "MAX_SIDE"]
 

@@ -1,7 +1,7 @@
 """The base kernel's options: one frozen, validated object, built once from the `kernel`
 config section (errors name the key) and passed whole to the kernel jobs.
 
-Plain Python (no numpy): `mnk.config_checks` builds it in Snakemake's own environment, so the
+Plain Python (no numpy): `mnk.study.config_checks` builds it in Snakemake's own environment, so the
 kernel's rules are checked in one place before anything runs.
 """
 
@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
-from mnk.checks import is_bool, is_int, require
+from mnk.infra.checks import is_bool, is_int, require
 
 KERNEL_TYPES = ("cntk", "ntk")
 DTYPES = ("float32", "float64")  # arithmetic of the CPU CNTK (mnk.kernels.cntk_gram)

@@ -12,7 +12,7 @@ number of query images per class, every class in both roles); all tasks have the
 way / shot / query; a task's support and query images are disjoint (and no image appears
 twice in a task); way and shot agree with the configuration's.
 
-Order, as in `mnk.tasks`: tasks in order of first appearance, classes within a task in
+Order, as in `mnk.tasks.sampling`: tasks in order of first appearance, classes within a task in
 order of first appearance (class index 0..way-1), images class-major in CSV order, so the
 labels are repeat(arange(way), shot) for the support set and repeat(arange(way), query)
 for the query set. Images are kept once each (`paths`, in order of first appearance) and
@@ -211,7 +211,7 @@ def read_task_list(csv_path, options, *, way: int | None = None, shot: int | Non
                    query: int | None = None, progress: bool = False) -> TaskList:
     """`parse_task_list` plus the list's images, preprocessed like the dataset's
     (`options`: the dataset's ImageOptions, `ImageOptions.omniglot(...)` for Omniglot)."""
-    from mnk.folder import load_images
+    from mnk.data.folder import load_images
 
     tasks = parse_task_list(csv_path, way=way, shot=shot, query=query)
     names = [str(p) for p in tasks.paths]
@@ -219,7 +219,7 @@ def read_task_list(csv_path, options, *, way: int | None = None, shot: int | Non
 
 
 def layout_test_tasks(tasks: TaskList, offset: int):
-    """The list's tasks in the layout of `mnk.tasks.make_tasks`' test tasks.
+    """The list's tasks in the layout of `mnk.tasks.sampling.make_tasks`' test tasks.
 
     Returns (order, arrays): `order` indexes `tasks.paths` / `tasks.images` and lists each
     task's images consecutively (support, then query: `task_size` per task; an image in
@@ -266,7 +266,7 @@ def write_omniglot_one_shot_list(archive, out_dir, *, n_tasks: int = 20, way: in
     """
     import numpy as np
 
-    from mnk.data import iter_archive_pngs
+    from mnk.data.archive import iter_archive_pngs
 
     by_character: dict[tuple[str, str], dict[int, tuple[str, bytes]]] = defaultdict(dict)
     for alpha, character, file_name, payload in iter_archive_pngs(archive):
@@ -298,7 +298,7 @@ def write_omniglot_one_shot_list(archive, out_dir, *, n_tasks: int = 20, way: in
 
 def list_tasks_id(task_list: TaskList) -> str:
     """`test_tasks_id` of a list's tasks. Its images are not in the dataset (no global ids
-    to hash, as `mnk.tasks.test_tasks_id` does), so it hashes the list's identity (the CSV's
+    to hash, as `mnk.tasks.sampling.test_tasks_id` does), so it hashes the list's identity (the CSV's
     sha256) and the task layout (each task's support and query image indices into the list)."""
     import numpy as np
 
@@ -309,7 +309,7 @@ def list_tasks_id(task_list: TaskList) -> str:
 
 
 def replace_test_tasks(tasks: dict, task_list: TaskList):
-    """An experiment's or a pool's tasks (the `mnk.tasks.make_tasks` arrays) with the test
+    """An experiment's or a pool's tasks (the `mnk.tasks.sampling.make_tasks` arrays) with the test
     tasks replaced by the list's. Returns (tasks, order): the local image list is the
     training and validation images followed by `task_list.images[order]` (`local_images`).
     Training and validation tasks are untouched. The list's images get the ids
@@ -351,7 +351,7 @@ def local_images(images, tasks: dict, task_list: TaskList | None = None):
 def load_for_dataset(csv_path, data: dict, dataset_images, *, way=None, shot=None, query=None) -> TaskList:
     """The list with its images, preprocessed like the dataset's (`data`: the config's data
     section), with the dataset's channel count."""
-    from mnk.folder import dataset_image_options
+    from mnk.data.folder import dataset_image_options
 
     channels = 1 if dataset_images.ndim == 3 else dataset_images.shape[1]
     options = replace(dataset_image_options(data), channels=channels)
@@ -359,11 +359,11 @@ def load_for_dataset(csv_path, data: dict, dataset_images, *, way=None, shot=Non
 
 
 def sample_tasks(data: dict, spec, test_tasks: dict, data_params: dict, log):
-    """make_pool's and make_tasks' one step: `mnk.tasks.make_tasks` on the preprocessed
+    """make_pool's and make_tasks' one step: `mnk.tasks.sampling.make_tasks` on the preprocessed
     dataset `data`, with the list's test tasks in place of the sampled ones under
     `tasks.test_tasks` (`test_tasks` params; empty: none). Returns (tasks, the images of their
     local image list)."""
-    from mnk.tasks import make_tasks
+    from mnk.tasks.sampling import make_tasks
 
     tasks = make_tasks(data["character"], data["drawer"], data["split"], spec)
     task_list = None

@@ -31,10 +31,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from mnk.io import atomic_path, save_npz
-from mnk.omniglot import ARCHIVES, EXPECTED_COUNTS
+from mnk.infra.io import atomic_path, save_npz
+from mnk.data.omniglot import ARCHIVES, EXPECTED_COUNTS
 
-log = logging.getLogger("mnk.data")
+log = logging.getLogger("mnk.data.archive")
 
 OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
 # md5 of the official archives (what a download from OFFICIAL_URL gives).

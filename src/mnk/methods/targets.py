@@ -1,6 +1,6 @@
 """Regression targets for few-shot classification, and decoding predictions into labels.
 
-Targets (``mnk.targets`` in the config):
+Targets (``mnk.methods.targets`` in the config):
 
 * ``onehot``: class ``k`` of a task is the unit vector ``e_k``.
 * ``encoder``: the original MNK code's label encodings: each point's target is the

@@ -32,7 +32,7 @@ from torch import nn
 
 __all__ = ["NETWORKS", "BatchStatNorm2d", "build_network"]
 
-from mnk.learner_options import NETWORKS  # noqa: F401 (the names, with the options)
+from mnk.methods.options import NETWORKS  # noqa: F401 (the names, with the options)
 
 
 class BatchStatNorm2d(nn.Module):

@@ -1,7 +1,7 @@
 """MAML (Finn et al. 2017) and iMAML (Rajeswaran et al. 2019) baselines with torch.func.
 
 Everything per task is a pure function of a parameter dict (``functional_call`` on a
-network whose BatchNorm uses batch statistics, see :mod:`mnk.nets`), so the tasks of a
+network whose BatchNorm uses batch statistics, see :mod:`mnk.methods.nets`), so the tasks of a
 meta-batch are processed together with ``torch.func.vmap`` (the functional MAML of
 torch.func's tutorial):
 
@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
-from mnk.learner_options import (  # noqa: F401 (re-exported: the options are part of this API)
+from mnk.methods.options import (  # noqa: F401 (re-exported: the options are part of this API)
     AUTO_META_BATCH_CAP,
     METHODS,
     OPTION_CLASSES,
@@ -56,9 +56,9 @@ from mnk.learner_options import (  # noqa: F401 (re-exported: the options are pa
     _MetaLearnerOptions,
     options_from_config,
 )
-from mnk.metrics import accuracy_ci
-from mnk.nets import build_network
-from mnk.progress import progress_bar
+from mnk.methods.metrics import accuracy_ci
+from mnk.methods.nets import build_network
+from mnk.infra.progress import progress_bar
 
 __all__ = [
     "METHODS",

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mnk.meta import MNKOptions, TaskSet, mnk_gram, mnk_predict, normalized_kernel_block
-from mnk.metrics import accuracy_ci, per_task_accuracy
-from mnk.targets import DECODERS, TARGETS, decode, predict_labels, task_targets
+from mnk.methods.mnk import MNKOptions, TaskSet, mnk_gram, mnk_predict, normalized_kernel_block
+from mnk.methods.metrics import accuracy_ci, per_task_accuracy
+from mnk.methods.targets import DECODERS, TARGETS, decode, predict_labels, task_targets
 
 __all__ = [
     "Setting", "grid_settings", "select_setting", "mnk_labels", "kernel_regression_labels",

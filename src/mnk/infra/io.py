@@ -1,7 +1,7 @@
 """Reading and writing the pipeline's files.
 
 Writes are atomic (a reader, or an interrupted run, never sees half a file) and happen only
-while the Snakemake process that started the job is alive (`mnk.runtime.check_workflow_alive`),
+while the Snakemake process that started the job is alive (`mnk.infra.runtime.check_workflow_alive`),
 so an orphaned job never overwrites a newer run's result.
 
 Reads name the file when it is corrupt, truncated or lacks a key, and say how to rebuild it:
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnk.runtime import check_workflow_alive
+from mnk.infra.runtime import check_workflow_alive
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

@@ -37,7 +37,7 @@ def summarise(metrics_paths, config_hash: str = "", test_tasks: str = "sampled")
     """One row per method x experiment x seed, from the metrics files.
 
     test_tasks: where the test tasks came from: "sampled", or the task list's
-    `<file name>@<first 12 hex digits of its sha256>` (mnk.tasklist.list_id)."""
+    `<file name>@<first 12 hex digits of its sha256>` (mnk.tasks.tasklist.list_id)."""
     rows = []
     for path in metrics_paths:
         metrics = _read_metrics(path)
@@ -83,10 +83,10 @@ def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE) -> pd
     """Per-test-task differences reference - baseline, seeds pooled, mean and 95% CI.
 
     Pairs only experiments present for both methods, and refuses (ValueError) a pair whose
-    test tasks differ (test_tasks_id or count). The interval is mnk.metrics.accuracy_ci's
+    test tasks differ (test_tasks_id or count). The interval is mnk.methods.metrics.accuracy_ci's
     normal interval over the pooled differences.
     """
-    from mnk.metrics import accuracy_ci
+    from mnk.methods.metrics import accuracy_ci
 
     rows = []
     for (way, shot, chars), group in per_task.groupby(["way", "shot", "n_characters"], sort=True):
@@ -166,14 +166,14 @@ def plot_accuracy(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> No
     """Test accuracy against training characters, per (way, shot).
 
     Per method: the mean over all test tasks of all seeds with its per-task 95% interval
-    (mnk.metrics.accuracy_ci over the pooled tasks), and one small point per seed (that
+    (mnk.methods.metrics.accuracy_ci over the pooled tasks), and one small point per seed (that
     seed's mean); a dashed line at chance (1 / way). Methods without per-task
     accuracies get their seed points only.
     """
     _style()
     import matplotlib.pyplot as plt
 
-    from mnk.metrics import accuracy_ci
+    from mnk.methods.metrics import accuracy_ci
 
     settings = _settings(summary)
     fig, axes = plt.subplots(1, len(settings), figsize=(7.5 * len(settings), 5.0), squeeze=False)

@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
-from mnk.checks import is_bool, is_int, is_number, require
+from mnk.infra.checks import is_bool, is_int, is_number, require
 
-NETWORKS = ("conv3", "conv4", "imaml4")  # built by mnk.nets.build_network
+NETWORKS = ("conv3", "conv4", "imaml4")  # built by mnk.methods.nets.build_network
 
 METHODS = ("maml", "imaml")
 TASK_SAMPLING = ("resample", "fixed")

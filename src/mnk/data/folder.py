@@ -30,9 +30,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from mnk.data import RESAMPLE_FILTERS, DataError
+from mnk.data.archive import RESAMPLE_FILTERS, DataError
 
-log = logging.getLogger("mnk.folder")
+log = logging.getLogger("mnk.data.folder")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 INVERT_CHOICES = ("auto", True, False)
@@ -63,7 +63,7 @@ class ImageOptions:
 
     @classmethod
     def omniglot(cls, image_size: int = 28, resample: str = "lanczos") -> "ImageOptions":
-        """What `mnk.data.image_to_array` does to an Omniglot PNG (grey, always inverted)."""
+        """What `mnk.data.archive.image_to_array` does to an Omniglot PNG (grey, always inverted)."""
         return cls(image_size=image_size, resample=resample, invert=True, channels=1)
 
 
@@ -179,7 +179,7 @@ def common_channels(sources, names, options: ImageOptions) -> int:
 def load_images(sources, options: ImageOptions, names=None, progress: bool = False,
                 desc: str = "images") -> np.ndarray:
     """Many images, one channel count: (N, H, W) for grey, (N, 3, H, W) for RGB."""
-    from mnk.progress import progress_bar
+    from mnk.infra.progress import progress_bar
 
     sources = list(sources)
     names = [str(s) for s in sources] if names is None else list(names)
@@ -277,7 +277,7 @@ def _sides(train_root, test_root, split, images_per_class):
 def read_folder_dataset(train_root, test_root=None, *, image_size: int = 28, resample: str = "lanczos",
                         invert="auto", channels: int | None = None, split: float | None = None,
                         images_per_class: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
-    """Image folders -> the arrays of `mnk.data.preprocess` (images, alphabet, character,
+    """Image folders -> the arrays of `mnk.data.archive.preprocess` (images, alphabet, character,
     drawer, split, alphabet_names, character_names). Images are (N, H, W) for grey data and
     (N, 3, H, W) for RGB. Classes: training side first, each side sorted by relative path;
     drawer = index of the image within its class (files sorted by name).

@@ -1,7 +1,7 @@
 """One experiment's task settings: a frozen, validated object built from the `tasks` config
-section (errors name the key) and passed whole to the task sampler (`mnk.tasks`).
+section (errors name the key) and passed whole to the task sampler (`mnk.tasks.sampling`).
 
-Plain Python (numpy only inside `rng`): `mnk.config_checks` builds one per grid point in
+Plain Python (numpy only inside `rng`): `mnk.study.config_checks` builds one per grid point in
 Snakemake's own environment, so these rules are stated once and checked before any job.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import MISSING, asdict, dataclass, fields
 
-from mnk.checks import as_list, is_int
-from mnk.omniglot import SPLITS
+from mnk.infra.checks import as_list, is_int
+from mnk.data.omniglot import SPLITS
 
 
 @dataclass(frozen=True)

@@ -172,7 +172,7 @@ def device_name(device: str) -> str:
 
 def git_revision(default: str = "unknown") -> str:
     try:
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[3]  # the checkout (src/mnk/infra/runtime.py)
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10)
         return out.stdout.strip() or default

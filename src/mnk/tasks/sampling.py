@@ -16,7 +16,7 @@ and test tasks have their own images per task, `shot + query` per class.
 
 Each part is drawn from its own seeded stream, so nothing depends on the other experiments
 of the grid (`make_pool` holds the largest experiment's training images plus the shared
-validation and test images: `mnk.plan` computes the kernel once on it).
+validation and test images: `mnk.study.plan` computes the kernel once on it).
 
 The tasks file indexes a local image list (`image_ids`, global ids into the preprocessed
 file): training images [0, n_train_images) in (character, drawer) order, characters in the
@@ -31,8 +31,8 @@ from dataclasses import asdict
 
 import numpy as np
 
-from mnk.omniglot import DRAWERS, ORIGINAL_TRAIN_CHARACTERS, SPLITS  # noqa: F401 (re-exported)
-from mnk.task_spec import TaskSpec  # noqa: F401 (re-exported: the sampler's options)
+from mnk.data.omniglot import DRAWERS, ORIGINAL_TRAIN_CHARACTERS, SPLITS  # noqa: F401 (re-exported)
+from mnk.tasks.spec import TaskSpec  # noqa: F401 (re-exported: the sampler's options)
 
 # Seeded streams, one per part of the design (values are arbitrary, fixed forever).
 _VAL_CHARACTERS, _TRAIN_ORDER, _TRAIN_IMAGES, _VAL_TASKS, _TEST_TASKS, _TRAIN_TASKS = range(1, 7)
@@ -171,7 +171,7 @@ def make_tasks(character: np.ndarray, drawer: np.ndarray, split: np.ndarray, spe
 def make_pool(character: np.ndarray, drawer: np.ndarray, split: np.ndarray, spec: TaskSpec) -> dict[str, np.ndarray]:
     """The image pool of all experiments up to `spec.n_characters` (the largest) of this
     (way, shot, query, seed, split): the largest experiment's local image list, which every
-    smaller experiment's training images prefix (`mnk.plan.PoolPlan.local_to_pool`)."""
+    smaller experiment's training images prefix (`mnk.study.plan.PoolPlan.local_to_pool`)."""
     return pool_of(make_tasks(character, drawer, split, spec))
 
 

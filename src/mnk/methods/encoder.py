@@ -3,8 +3,8 @@
 The original MNK code replaces one-hot targets by "label encodings": a small CNN is
 pre-trained with supervision on the *training* characters only, and its penultimate
 features serve as regression targets (each class's target is its centroid within a
-task, see mnk.targets.class_centroid_targets; a test query is assigned to the nearest
-support-class centroid, mnk.targets.decode).
+task, see mnk.methods.targets.class_centroid_targets; a test query is assigned to the nearest
+support-class centroid, mnk.methods.targets.decode).
 
 Architecture: 3 x [conv 3x3 (padding 1, ``width`` channels), BatchNorm, ReLU, max-pool
 2x2], global average pool -> ``width`` features (the encoding), linear classifier head.
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnk.checks import is_int, is_number, require
-from mnk.io import load_torch, save_torch
+from mnk.infra.checks import is_int, is_number, require
+from mnk.infra.io import load_torch, save_torch
 
 __all__ = ["EncoderOptions", "LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
 

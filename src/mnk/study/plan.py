@@ -6,7 +6,7 @@ environment, and the jobs receive what it computed (a block's coordinates) as pa
 One image pool per (way, shot, seed): the training images of the largest experiment (its
 characters in the seeded order whose prefixes are the smaller experiments' characters),
 then the validation tasks' images, then the test tasks' images, `task_size` consecutive
-images per task (`mnk.tasks.make_pool`). Every experiment of the pool uses a prefix of the
+images per task (`mnk.tasks.sampling.make_pool`). Every experiment of the pool uses a prefix of the
 training images and all of the validation and test images, so its kernel is a sub-kernel
 of the pool's. The pool's kernel is needed only between training x training images (lower
 triangle), (validation + test) x training images and within each task; those pairs are cut
@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
-from mnk.kernel_options import RUNTIME_KEYS  # how, not what, is computed: not in a block's identity
+from mnk.kernels.options import RUNTIME_KEYS  # how, not what, is computed: not in a block's identity
 
 EXPERIMENT_PATTERN = r"(\d+)way(\d+)shot-(\d+)char-seed(\d+)"
 POOL_PATTERN = r"pool-(\d+)way(\d+)shot-seed(\d+)"
@@ -173,8 +173,8 @@ def pool_of(config, exp: str) -> PoolPlan:
 
 
 def check_tasks(config) -> None:
-    """What the task settings alone decide (mnk.config_checks), before any download."""
-    from mnk.config_checks import ConfigError, task_list_problems, task_problems
+    """What the task settings alone decide (mnk.study.config_checks), before any download."""
+    from mnk.study.config_checks import ConfigError, task_list_problems, task_problems
 
     tasks = config["tasks"]
     problems = task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")) + task_list_problems(tasks)
@@ -183,9 +183,9 @@ def check_tasks(config) -> None:
 
 
 def task_list(config) -> dict | None:
-    """The shape of the test-task list (mnk.tasklist.task_list_shape), None without one."""
-    from mnk.config_checks import list_path
-    from mnk.tasklist import task_list_shape
+    """The shape of the test-task list (mnk.tasks.tasklist.task_list_shape), None without one."""
+    from mnk.study.config_checks import list_path
+    from mnk.tasks.tasklist import task_list_shape
 
     path = config.get("tasks", {}).get("test_tasks")
     return task_list_shape(list_path(path)) if path else None

@@ -1,10 +1,10 @@
 """Kernel blocks of an image pool: compute one, write it with its identity, gather an
 experiment's sub-kernel from verified blocks.
 
-The plan (which pairs, which blocks) is `mnk.plan`; a block job receives its `Block`.
+The plan (which pairs, which blocks) is `mnk.study.plan`; a block job receives its `Block`.
 Every block file records what it is: the pool, the block's name and coordinates, hashes of
 the global image ids of its rows, its columns and the standardisation reference, and the
-hash of the kernel options that decide its values (`mnk.plan.kernel_identity`). The gather
+hash of the kernel options that decide its values (`mnk.study.plan.kernel_identity`). The gather
 compares each block with what the plan and the pool file say it must be and refuses a
 foreign or stale one by name; it then checks that every entry the solve reads is computed.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mnk.kernel_options import KernelOptions
-from mnk.plan import Block, PoolPlan, short_hash
-from mnk.tasks import image_ids_hash
+from mnk.kernels.options import KernelOptions
+from mnk.study.plan import Block, PoolPlan, short_hash
+from mnk.tasks.sampling import image_ids_hash
 
-log = logging.getLogger("mnk.blocks")
+log = logging.getLogger("mnk.study.blocks")
 RECOVER = "delete it (or run snakemake with --forcerun kernel_block) and rerun"
 
 
@@ -35,12 +35,12 @@ def prepare_images(images, options: KernelOptions, reference):
 
 def base_kernel(X, Z, options: KernelOptions, backend: str = "auto"):
     """The configured base kernel (cntk or ntk) between prepared image sets X and Z (Z=None: X)."""
-    from mnk import kernels
+    from mnk.kernels.gram import cntk_gram, ntk_gram
 
     if options.type == "cntk":
-        return kernels.cntk_gram(X, Z, depth=options.depth, gap=options.gap, fix=options.fix,
-                                 backend=backend, dtype=options.dtype)
-    return kernels.ntk_gram(X, Z, depth=options.depth)
+        return cntk_gram(X, Z, depth=options.depth, gap=options.gap, fix=options.fix,
+                          backend=backend, dtype=options.dtype)
+    return ntk_gram(X, Z, depth=options.depth)
 
 
 def compute_block(X, Z, block: Block, options: KernelOptions, task_size: int, backend: str = "auto"):
@@ -53,7 +53,7 @@ def compute_block(X, Z, block: Block, options: KernelOptions, task_size: int, ba
 
 
 def block_identity(pool: PoolPlan, block: Block, pool_ids, identity: dict) -> dict:
-    """What a block file must say it is (identity: `mnk.plan.kernel_identity(config)`)."""
+    """What a block file must say it is (identity: `mnk.study.plan.kernel_identity(config)`)."""
     (r0, r1), (c0, c1) = block.rows, block.cols
     return {"pool": pool.name, "block": block.name, "rows": list(block.rows), "cols": list(block.cols),
             "row_images": image_ids_hash(pool_ids[r0:r1]), "col_images": image_ids_hash(pool_ids[c0:c1]),
@@ -61,7 +61,7 @@ def block_identity(pool: PoolPlan, block: Block, pool_ids, identity: dict) -> di
 
 
 def write_block(path, values, identity: dict, seconds: float = 0.0) -> None:
-    from mnk.io import save_npz
+    from mnk.infra.io import save_npz
 
     bad = ~np.isfinite(values)
     if bad.any():
@@ -75,7 +75,7 @@ def write_block(path, values, identity: dict, seconds: float = 0.0) -> None:
 
 def read_block(path, expected: dict) -> dict:
     """A block file, checked against the identity the plan expects; refused by name."""
-    from mnk.io import load_npz
+    from mnk.infra.io import load_npz
 
     try:
         block = load_npz(path)

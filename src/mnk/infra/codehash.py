@@ -22,8 +22,8 @@ import hashlib
 import re
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1]
-NOT_RESULT_CODE = frozenset({"mnk.runtime", "mnk.progress"})
+SRC = Path(__file__).resolve().parents[2]  # src/ (this file is src/mnk/infra/codehash.py)
+NOT_RESULT_CODE = frozenset({"mnk.infra.runtime", "mnk.infra.progress"})
 RESOURCE_SUFFIXES = (".cu",)
 _C_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
 

@@ -14,10 +14,10 @@ import math
 import os
 from pathlib import Path
 
-from mnk.checks import as_list
-from mnk.kernel_options import KernelOptions
-from mnk.omniglot import ARCHIVES, DRAWERS, pool_sizes
-from mnk.task_spec import grid_problems
+from mnk.infra.checks import as_list
+from mnk.kernels.options import KernelOptions
+from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
+from mnk.tasks.spec import grid_problems
 
 GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")  # NVIDIA driver, ROCm
 
@@ -44,7 +44,7 @@ def check_config(config: dict, workdir: str | os.PathLike = ".", environ=None) -
 def task_problems(tasks: dict, dataset: str = "omniglot") -> list[str]:
     """Every (way, shot, n_characters) of the grid must make tasks of the chosen split.
 
-    The rules of one experiment's settings are TaskSpec's (mnk.task_spec); Omniglot's counts
+    The rules of one experiment's settings are TaskSpec's (mnk.tasks.spec); Omniglot's counts
     (20 images per character, the split's characters) bound the grid for `data.dataset:
     omniglot` only; a folder dataset's counts are checked against the data
     (preprocess_folder: shot + query per class; make_pool: characters per side)."""
@@ -89,8 +89,8 @@ def task_list_problems(tasks: dict, workdir: Path = Path(".")) -> list[str]:
     """tasks.test_tasks: the list exists, is valid, and its way, shot and query are the grid's.
 
     One way and one shot (the list fixes them) and the list's queries per class as
-    tasks.query (an image pool's validation and test tasks have one size, mnk.plan)."""
-    from mnk.tasklist import TaskListError, task_list_shape
+    tasks.query (an image pool's validation and test tasks have one size, mnk.study.plan)."""
+    from mnk.tasks.tasklist import TaskListError, task_list_shape
 
     path = tasks.get("test_tasks")
     if not path:
@@ -116,7 +116,7 @@ def list_path(path, workdir: Path = Path(".")) -> Path:
 
 
 def kernel_problems(kernel: dict) -> list[str]:
-    """The kernel's own rules (mnk.kernel_options), e.g. a CNTK needs depth >= 2."""
+    """The kernel's own rules (mnk.kernels.options), e.g. a CNTK needs depth >= 2."""
     try:
         KernelOptions.from_section(kernel)
     except (TypeError, ValueError) as error:

@@ -1,13 +1,13 @@
 """Planned kernel pairs and projected hours of a config: `make cost CONFIG=...`.
 
 Importable without numpy or torch (common.smk reads the speeds for SLURM runtimes). Kept
-apart from `mnk.plan` so that updating a speed reruns no kernel block.
+apart from `mnk.study.plan` so that updating a speed reruns no kernel block.
 """
 
 from __future__ import annotations
 
-from mnk.learner_options import options_from_config
-from mnk.plan import STAGES, experiment_ids, kernel_image_size, parse_experiment, pools
+from mnk.methods.options import options_from_config
+from mnk.study.plan import STAGES, experiment_ids, kernel_image_size, parse_experiment, pools
 
 # Per-pair speeds (BENCHMARKS.md), the one place SLURM runtimes and `make cost` read them.
 # Work of one CNTK pair ~ depth x P x (P with global average pooling, else 1), P = pixels.
