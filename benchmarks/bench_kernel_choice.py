@@ -23,7 +23,8 @@ import numpy as np
 from mnk.infra.io import load_npz
 from mnk.kernels.gram import cntk_gram
 from mnk.methods.mnk import MNKOptions
-from mnk.study.selection import grid_settings, kernel_regression_labels, mnk_labels, without_test_tasks
+from mnk.methods.options import MNKSection
+from mnk.study.selection import kernel_regression_labels, mnk_labels, without_test_tasks
 
 CANDIDATES = {  # name: (image side, depth, gap)
     "vanilla 28x28 d10": (28, 10, False),
@@ -70,7 +71,7 @@ def main() -> None:
         features = encode(load_encoder(args.encoder), images)
     else:
         grid["targets"] = ["onehot"]
-    settings = grid_settings({"grid": grid})
+    settings = list(MNKSection.from_section({"grid": grid}).settings)
     options = MNKOptions()
     n_val = len(tasks["val_support"])
     print(f"# {len(images)} images, {len(tasks['train_support'])} training tasks, {n_val} validation tasks "

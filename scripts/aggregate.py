@@ -1,8 +1,8 @@
 """Rule aggregate: every metrics file -> summary.csv, per_task.csv and paired.csv."""
 
 from mnk.infra.io import atomic_path
-from mnk.study.results import paired_differences, per_task_table, summarise
 from mnk.infra.runtime import logged_run
+from mnk.study.results import paired_differences, per_task_table, summarise
 
 with logged_run(snakemake.log[0], "aggregate") as log:
     out = snakemake.output

@@ -1,9 +1,9 @@
 """Rule assemble_kernel: an experiment's sub-kernel gathered from its image pool's blocks."""
 
-from mnk.study.blocks import check_computed, check_tasks_match_pool, gather
 from mnk.infra.io import load_npz, save_npz
-from mnk.study.plan import PoolPlan, from_params
 from mnk.infra.runtime import logged_run
+from mnk.study.blocks import check_computed, check_tasks_match_pool, gather
+from mnk.study.plan import PoolPlan, from_params
 
 with logged_run(snakemake.log[0], "assemble_kernel") as log:
     pool = from_params(PoolPlan, snakemake.params.pool)

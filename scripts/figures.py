@@ -3,8 +3,8 @@
 import pandas as pd
 
 from mnk.infra.io import load_npz
-from mnk.study.results import plot_accuracy, plot_cost, plot_kernel_heatmap, plot_paired
 from mnk.infra.runtime import logged_run
+from mnk.study.results import plot_accuracy, plot_cost, plot_kernel_heatmap, plot_paired
 
 with logged_run(snakemake.log[0], "figures") as log:
     out = snakemake.output

@@ -4,12 +4,12 @@ import time
 
 import numba
 
-from mnk.kernels.gram import select_backend
-from mnk.study.blocks import block_identity, compute_block, prepare_images, write_block
 from mnk.infra.io import load_npz
-from mnk.kernels.options import KernelOptions
-from mnk.study.plan import Block, PoolPlan, from_params
 from mnk.infra.runtime import logged_run
+from mnk.kernels.gram import select_backend
+from mnk.kernels.options import KernelOptions
+from mnk.study.blocks import block_identity, compute_block, prepare_images, write_block
+from mnk.study.plan import Block, PoolPlan, from_params
 
 with logged_run(snakemake.log[0], "kernel_block") as log:
     numba.set_num_threads(min(snakemake.threads, numba.config.NUMBA_NUM_THREADS))

@@ -10,8 +10,9 @@ import time
 import torch
 
 from mnk.infra.io import load_npz, save_json, save_npz
-from mnk.methods.mnk import MNKOptions
 from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.methods.mnk import MNKOptions
+from mnk.methods.options import MNKSection
 from mnk.study.selection import kernel_regression_labels, method_metrics, prototype_labels, require_computed
 
 with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
@@ -22,12 +23,12 @@ with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
     tasks = load_npz(snakemake.input.tasks)
     extra = {}
     if method == "kernel_regression":
-        cfg = snakemake.params.mnk
-        options = MNKOptions.from_config(cfg, r2=0.0, device=device)
+        section = MNKSection.from_section(snakemake.params.mnk)
+        options = MNKOptions.from_section(section, r2=0.0, device=device)
         kernel = load_npz(snakemake.input.kernel)
         require_computed(kernel["computed"], tasks, ["test"], with_train=False, what=snakemake.input.kernel)
         prediction, labels = kernel_regression_labels(kernel["K"], tasks, "test", options)
-        extra = {"options": {"r1": cfg["r1"], "inner_time": cfg["inner_time"], "normalize_ntk": cfg["normalize_ntk"]},
+        extra = {"options": {"r1": section.r1, "inner_time": section.inner_time, "normalize_ntk": section.normalize_ntk},
                  "kernel": snakemake.params.kernel, "kernel_seconds": float(kernel["block_seconds"].sum())}
     else:
         from mnk.methods.encoder import encode, load_encoder

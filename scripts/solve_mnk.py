@@ -6,17 +6,18 @@ from dataclasses import asdict
 import torch
 
 from mnk.infra.io import load_npz, save_json, save_npz
-from mnk.methods.mnk import MNKOptions
 from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
-from mnk.study.selection import grid_settings, heatmap_matrices, method_metrics, mnk_labels, require_computed, select_setting
+from mnk.methods.mnk import MNKOptions
+from mnk.methods.options import MNKSection
+from mnk.study.selection import heatmap_matrices, method_metrics, mnk_labels, require_computed, select_setting
 
 with logged_run(snakemake.log[0], "solve_mnk") as log:
     torch.set_num_threads(snakemake.threads)
     start = time.perf_counter()
     device = resolve_device(snakemake.params.device)
-    cfg = snakemake.params.mnk
-    settings = grid_settings(cfg)
-    options = MNKOptions.from_config(cfg, r2=settings[0].r2, device=device)
+    section = MNKSection.from_section(snakemake.params.mnk)
+    settings = section.settings
+    options = MNKOptions.from_section(section, r2=settings[0].r2, device=device)
     tasks = load_npz(snakemake.input.tasks)
     kernel = load_npz(snakemake.input.kernel)
     evaluated = ["val", "test"] if len(tasks["val_support"]) else ["test"]
@@ -38,7 +39,7 @@ with logged_run(snakemake.log[0], "solve_mnk") as log:
         **snakemake.params.experiment,
         "selected": asdict(chosen),
         "validation": table,
-        "options": cfg,
+        "options": section.params(),
         "kernel": snakemake.params.kernel,
         "kernel_seconds": float(kernel["block_seconds"].sum()),
         "solve_seconds": time.perf_counter() - start,

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from mnk.methods.encoder import EncoderOptions, save_encoder, train_label_encoder
 from mnk.infra.io import load_npz
 from mnk.infra.runtime import logged_run, resolve_device
+from mnk.methods.encoder import EncoderOptions, save_encoder, train_label_encoder
 
 with logged_run(snakemake.log[0], "train_encoder") as log:
     torch.set_num_threads(snakemake.threads)

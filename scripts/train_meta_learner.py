@@ -3,8 +3,8 @@
 import torch
 
 from mnk.infra.io import load_npz, save_json, save_torch
-from mnk.methods.maml import options_from_config, train_and_evaluate
 from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.methods.maml import options_from_config, train_and_evaluate
 
 with logged_run(snakemake.log[0], f"train_{snakemake.wildcards.method}") as log:
     torch.set_num_threads(snakemake.threads)

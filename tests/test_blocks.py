@@ -4,9 +4,11 @@ computation, foreign/stale/missing blocks and missing entries are refused by nam
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from mnk.study.blocks import (block_identity, check_computed, check_tasks_match_pool, compute_block, gather, prepare_images,
                         write_block)
@@ -14,7 +16,9 @@ from mnk.infra.io import load_npz, save_npz
 from mnk.kernels.gram import cntk_gram
 from mnk.kernels.options import KernelOptions
 from mnk.kernels.transform import transform_images
-from mnk.study.plan import PoolPlan, kernel_identity
+from mnk.study import plan as study_plan
+from mnk.study.config import parse_config
+from mnk.study.plan import PoolPlan
 from mnk.infra.runtime import resolve_device
 from mnk.tasks.sampling import TaskSpec, make_pool, make_tasks
 
@@ -23,6 +27,14 @@ CHARS = (2, 4, 6)
 CONFIG = {"data": {"image_size": 8, "resample": "lanczos"},
           "kernel": {"type": "cntk", "image_size": 6, "depth": 3, "gap": False, "fix": False, "pad": 1,
                      "standardize": True, "block_size": 7, "backend": "cpu"}}
+
+
+def kernel_identity(config):
+    """The identity the workflow gives blocks, for the tiny config with these data and kernel."""
+    study = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "test.yaml").read_text())
+    study["data"].update(config["data"])
+    study["kernel"].update(config["kernel"])
+    return study_plan.kernel_identity(parse_config(study))
 
 
 @pytest.fixture(scope="module")

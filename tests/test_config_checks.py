@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from mnk.study import config_checks
-from mnk.study.config_checks import ConfigError, check_config, check_devices
+from mnk.study.config import parse_config
+from mnk.study.config_checks import ConfigError, check_devices
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -30,7 +31,7 @@ def _edited(edit) -> dict:
 
 def _problems(config, tmp_path, environ=NO_ENV) -> str:
     with pytest.raises(ConfigError) as error:
-        check_config(config, workdir=tmp_path, environ=environ)
+        parse_config(config, workdir=tmp_path, environ=environ)
     return str(error.value)
 
 
@@ -42,14 +43,14 @@ def test_shipped_configs_pass(name, tmp_path):
     config = yaml.safe_load(path.read_text())
     (tmp_path / "mirror").mkdir()
     config["data"]["mirror"] = str(tmp_path / "mirror")
-    check_config(config, workdir=tmp_path, environ=NO_ENV)
+    parse_config(config, workdir=tmp_path, environ=NO_ENV)
 
 
 def test_unknown_keys_are_ignored(tmp_path):
     """Keys added later (by other stages) are the schema's business, not these checks'."""
     config = _edited(lambda c: (c["kernel"].update(dtype="float32"), c["tasks"].update(future_key=[1, 2]),
                                 c.update(new_section={"x": 1})))
-    check_config(config, workdir=tmp_path, environ=NO_ENV)
+    parse_config(config, workdir=tmp_path, environ=NO_ENV)
 
 
 @pytest.mark.parametrize("edit,expected", [
@@ -84,7 +85,7 @@ def test_every_problem_is_reported_at_once(tmp_path):
 
 
 def test_ntk_depth_one_is_fine(tmp_path):
-    check_config(_edited(lambda c: c["kernel"].update(type="ntk", depth=1)), workdir=tmp_path, environ=NO_ENV)
+    parse_config(_edited(lambda c: c["kernel"].update(type="ntk", depth=1)), workdir=tmp_path, environ=NO_ENV)
 
 
 def test_mirror_source_needs_an_existing_folder_while_archives_are_missing(tmp_path):
@@ -94,12 +95,12 @@ def test_mirror_source_needs_an_existing_folder_while_archives_are_missing(tmp_p
     assert "$OMNIGLOT_MIRROR" in _problems(config, tmp_path, {"OMNIGLOT_MIRROR": str(tmp_path / "gone")})
     empty = _edited(lambda c: c["data"].update(source="mirror", mirror=""))
     assert "data.mirror is empty" in _problems(empty, tmp_path)
-    check_config(config, workdir=tmp_path, environ={"OMNIGLOT_MIRROR": str(tmp_path)})  # env folder exists
+    parse_config(config, workdir=tmp_path, environ={"OMNIGLOT_MIRROR": str(tmp_path)})  # env folder exists
     raw = tmp_path / "results" / "data" / "raw"
     raw.mkdir(parents=True)
     for name in ("images_background", "images_evaluation"):
         (raw / f"{name}.zip").touch()
-    check_config(config, workdir=tmp_path, environ=NO_ENV)  # downloaded already: the mirror is not needed
+    parse_config(config, workdir=tmp_path, environ=NO_ENV)  # downloaded already: the mirror is not needed
 
 
 @pytest.mark.parametrize("key,edit", [
@@ -109,8 +110,8 @@ def test_mirror_source_needs_an_existing_folder_while_archives_are_missing(tmp_p
 def test_cuda_without_a_gpu_is_refused(monkeypatch, key, edit):
     monkeypatch.setattr(config_checks, "GPU_DEVICE_FILES", ("/nonexistent/nvidia0",))
     with pytest.raises(ConfigError, match=f"{key} 'cuda'.*no usable GPU"):
-        check_devices(_edited(edit), environ=NO_ENV)
-    check_devices(DEFAULT, environ=NO_ENV)  # 'auto' needs no GPU
+        check_devices(parse_config(_edited(edit)), environ=NO_ENV)
+    check_devices(parse_config(DEFAULT), environ=NO_ENV)  # 'auto' needs no GPU
 
 
 def test_cuda_hidden_by_cuda_visible_devices(tmp_path, monkeypatch):
@@ -118,14 +119,14 @@ def test_cuda_hidden_by_cuda_visible_devices(tmp_path, monkeypatch):
     device.touch()
     monkeypatch.setattr(config_checks, "GPU_DEVICE_FILES", (str(device),))
     config = _edited(lambda c: c.update(device="cuda"))
-    check_devices(config, environ=NO_ENV)
+    check_devices(parse_config(config), environ=NO_ENV)
     with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
-        check_devices(config, environ={"CUDA_VISIBLE_DEVICES": ""})
+        check_devices(parse_config(config), environ={"CUDA_VISIBLE_DEVICES": ""})
 
 
 def test_config_checks_import_without_numpy_or_torch():
     code = ("import sys; sys.modules['numpy'] = None; sys.modules['torch'] = None; "
-            "import mnk.study.config_checks, mnk.infra.runtime")
+            "import mnk.study.config, mnk.study.config_checks, mnk.infra.runtime")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 

@@ -317,14 +317,15 @@ def run_rule_script(venv: Path, tmp_path: Path, script: str, **spec) -> None:
 def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
     """make_pool (data env) then kernel_block (kernels env) on a tiny pool: both run with
     nothing but their env, and agree with the host's computation."""
-    from mnk.study import plan
-    from mnk.study.blocks import compute_block, prepare_images
     from mnk.infra.io import load_npz
     from mnk.kernels.options import KernelOptions
+    from mnk.study import plan
+    from mnk.study.blocks import compute_block, prepare_images
+    from mnk.study.config import parse_config
     from mnk.tasks.sampling import TaskSpec, make_pool
 
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
-    pool = next(iter(plan.pools(config).values()))
+    pool = next(iter(plan.pools(parse_config(config)).values()))
     keys = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks", "n_val_characters")
     spec = {"way": pool.way, "shot": pool.shot, "seed": pool.seed, "n_characters": max(pool.n_characters),
             **{k: config["tasks"][k] for k in keys}}
@@ -340,7 +341,7 @@ def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
         np.testing.assert_array_equal(saved[key], value, err_msg=key)
 
     block = pool.blocks[1]
-    identity = plan.kernel_identity(config)
+    identity = plan.kernel_identity(parse_config(config))
     run_rule_script(env_venv(ENVS / "kernels.yaml"), tmp_path, "kernel_block.py",
                     input={"pool": str(tmp_path / "pool.npz"), "images": str(tmp_path / "images.npz")},
                     output_list=[str(tmp_path / "block.npz")], log=[str(tmp_path / "kernel_block.log")],

@@ -10,7 +10,8 @@ from PIL import Image
 
 from mnk.data import archive as data
 from mnk.data.archive import DataError
-from mnk.data.folder import FolderOptions, ImageOptions, load_image, read_folder_dataset
+from mnk.data.folder import load_image, read_folder_dataset
+from mnk.data.options import FolderOptions, ImageOptions
 from mnk.kernels._validate import as_images
 
 SIZE = 8
@@ -184,7 +185,7 @@ def test_split_errors(tmp_path):
 
 
 def test_options_from_config_name_the_key(tmp_path):
-    opts = FolderOptions.from_config({"image_size": 32, "resample": "box", "folder": {"train_root": str(tmp_path)}})
+    opts = FolderOptions.from_section({"image_size": 32, "resample": "box", "folder": {"train_root": str(tmp_path)}})
     assert opts.split == 0.25 and opts.test_root is None and opts.image == ImageOptions(32, "box", "auto", None)
     bad = [({}, "data.folder.train_root is not set"),
            ({"train_root": "x", "test_root": "y", "split": 0.5}, "either test_root or split"),
@@ -193,7 +194,7 @@ def test_options_from_config_name_the_key(tmp_path):
            ({"train_root": "x", "channels": 2}, "data.folder.channels must be null, 1 or 3")]
     for folder, message in bad:
         with pytest.raises(ValueError, match=message):
-            FolderOptions.from_config({"folder": folder})
+            FolderOptions.from_section({"folder": folder})
 
 
 @pytest.mark.parametrize("method", ["maml", "imaml"])

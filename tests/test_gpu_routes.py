@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnk.kernels import gram
-from mnk.kernels import cntk_cuda
+from mnk.kernels import cntk_cuda, gram
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from mnk.study.blocks import base_kernel
-from mnk.kernels.options import KernelOptions
 from mnk.kernels.gram import cntk_gram, ntk_gram
+from mnk.kernels.options import KernelOptions
+from mnk.study.blocks import base_kernel
 from mnk.study.plan import kernel_identity
 
 

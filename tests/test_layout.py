@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -93,3 +94,72 @@ def test_no_wheel_is_tracked():
     if not tracked:
         pytest.skip("not a git checkout")
     assert not [f for f in tracked if f.endswith(".whl")]
+
+
+# ------------------------------------------------------------------ the config, parsed once
+
+SECTIONS = "data|tasks|kernel|mnk|encoder|maml|imaml|device|cuda"
+BOUNDARY = {"mnk.study.config", "mnk.study.config_checks"}  # the raw dict stops here
+# `config[...]`, `cfg.get(...)`, `config["kernel"]`, `section["r1"]`: a raw config or section dict read.
+RAW_INDEX = re.compile(r"""\b\w*(config|cfg)\w*\s*(\[|\.get\()|\bsection\s*\[|\.get\(\s*["'](grid|options)["']""")
+
+
+# The section constructors are the parse's own pieces: they read their section's mapping.
+CONSTRUCTORS = {"from_section", "options_from_config"}
+
+
+def raw_config_uses(text: str) -> list[str]:
+    """Lines that read a raw config or section dict (outside the section constructors), and
+    parameters named `config`."""
+    tree, lines = ast.parse(text), text.splitlines()
+    allowed = {n for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name in CONSTRUCTORS
+               for n in range(node.lineno, node.end_lineno + 1)}
+    hits = [line.strip() for n, line in enumerate(lines, 1) if n not in allowed and RAW_INDEX.search(line)]
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+            hits += [f"parameter {a.arg!r}" for a in node.args.args + node.args.kwonlyargs if a.arg == "config"]
+    return hits
+
+
+def test_below_the_parse_boundary_no_module_reads_the_raw_config():
+    offenders = {name: raw_config_uses(path.read_text()) for name, path in MODULES.items() if name not in BOUNDARY}
+    offenders.update({f"scripts/{p.name}": raw_config_uses(p.read_text()) for p in (REPO / "scripts").glob("*.py")})
+    assert not {name: hits for name, hits in offenders.items() if hits}
+
+
+def test_the_workflow_reads_the_config_only_to_parse_and_hash_it():
+    uses = []
+    for path in [REPO / "workflow" / "Snakefile", *(REPO / "workflow" / "rules").glob("*.smk")]:
+        for line in path.read_text().splitlines():
+            code = line.split("#")[0]
+            if re.search(r"\bconfig\b", code) and not re.search(
+                    r"configfile|validate\(config|parse_config\(config|short_hash\(config\)|\bimport\b", code):
+                uses.append(f"{path.name}: {line.strip()}")
+    assert not uses
+
+
+def test_the_raw_config_check_sees_an_indexed_section():
+    assert raw_config_uses('def f(cfg):\n    return cfg["kernel"]["depth"]\n')
+    assert raw_config_uses('def f(config):\n    return 1\n') == ["parameter 'config'"]
+    assert not raw_config_uses('def f(study):\n    return study.kernel.options.depth\n')
+    assert not raw_config_uses('def from_section(cls, section):\n    return cls(section["r1"])\n')
+
+
+# ------------------------------------------------------------------ the README, a landing page
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_readme_is_a_landing_page_whose_links_all_resolve():
+    readme = REPO / "README.md"
+    assert len(readme.read_text().splitlines()) <= 200
+    pages = [readme, REPO / "config" / "README.md", *(REPO / "docs").glob("*.md")]
+    broken = []
+    for page in pages:
+        for target in LINK.findall(page.read_text()):
+            path = target.split("#")[0]
+            if path and not re.match(r"[a-z]+:", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken
+    linked = {m.split("#")[0] for m in LINK.findall(readme.read_text())}
+    assert {f"docs/{p.name}" for p in (REPO / "docs").glob("*.md")} <= linked, "a docs page the README does not link"

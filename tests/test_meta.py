@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from mnk.methods.options import MNKSection
 from mnk.methods.mnk import (
     DegenerateKernelError,
     MNKOptions,
@@ -290,11 +291,9 @@ def test_degenerate_kernel_is_refused_with_the_number(kind):
 
 def test_options_are_validated_and_frozen():
     with pytest.raises(ValueError, match=r"config section mnk: .*ridge\[0\] \(r1\)"):
-        MNKOptions.from_config({"inner_time": INF, "meta_time": INF, "r1": -1.0, "normalize_ntk": True,
-                                "normalize_mnk": True, "solver": "auto"}, r2=1.0)
-    with pytest.raises(ValueError, match="config section mnk: .*'solver'"):
-        MNKOptions.from_config({"inner_time": INF, "meta_time": INF, "r1": 1.0, "normalize_ntk": True,
-                                "normalize_mnk": True}, r2=1.0)
+        MNKOptions.from_section(MNKSection(r1=-1.0), r2=1.0)
+    with pytest.raises(ValueError, match="mnk.solver must be one of"):
+        MNKSection.from_section({"inner_time": INF, "meta_time": INF, "r1": 1.0, "solver": "fast"})
     options = MNKOptions(ridge=(1, 2))
     assert options.ridge == (1.0, 2.0) and options.replace(meta_time=0.0).meta_time == 0.0
     with pytest.raises(Exception):

@@ -181,12 +181,15 @@ def test_config_checks_apply_omniglot_bounds_to_omniglot_only():
 
 def test_kernel_identity_names_the_folder_dataset_and_the_list(tmp_path):
     from mnk.study import plan
+    from mnk.study.config import parse_config
 
     config = config_with()
-    base = plan.kernel_identity(config)
+    base = plan.kernel_identity(parse_config(config))
     assert set(base) == {"kernel", "data"} and set(base["data"]) == {"image_size", "resample"}  # as before
     folder = {**config, "data": {**config["data"], "dataset": "folder", "folder": {"train_root": "x"}}}
-    assert plan.kernel_identity(folder)["data"]["dataset"] == "folder"
-    listed = {**config, "tasks": {**config["tasks"], "test_tasks": str(two_way_list(tmp_path))}}
-    assert plan.kernel_identity(listed)["test_tasks"] == parse_task_list(two_way_list(tmp_path)).list_id
-    assert plan.n_test_tasks(listed) == 1 and plan.n_test_tasks(config) == config["tasks"]["n_test_tasks"]
+    assert plan.kernel_identity(parse_config(folder))["data"]["dataset"] == "folder"
+    listed = {**config, "tasks": {**config["tasks"], "way": [2], "query": 1, "n_characters": [4],
+                                  "test_tasks": str(two_way_list(tmp_path))}}
+    assert plan.kernel_identity(parse_config(listed))["test_tasks"] == parse_task_list(two_way_list(tmp_path)).list_id
+    assert parse_config(listed).tasks.n_test_tasks == 1
+    assert parse_config(config).tasks.n_test_tasks == config["tasks"]["n_test_tasks"]

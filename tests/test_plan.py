@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from mnk.study import cost, plan
+from mnk.study.config import parse_config
 
 
 def _config(repo, name):
@@ -17,7 +18,7 @@ def _config(repo, name):
 
 def test_plan_imports_without_numpy_or_torch(repo):
     code = ("import sys; sys.modules.update(numpy=None, torch=None, scipy=None); "
-            f"sys.path.insert(0, {str(repo / 'src')!r}); import mnk.study.plan, mnk.study.cost as c; print(len(c.STAGES))")
+            f"sys.path.insert(0, {str(repo / 'src')!r}); import mnk.study.plan, mnk.study.config, mnk.study.cost as c; print(len(c.STAGES))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "5"
@@ -37,7 +38,7 @@ def _pooled_pairs_directly(config):
 
 def test_paper_config_pairs_fall_to_at_most_55_percent(repo):
     config = _config(repo, "paper.yaml")
-    lines = cost.cost_lines(config)
+    lines = cost.cost_lines(parse_config(config))
     total = int(lines[-1].removeprefix("total kernel pairs: "))
     assert lines[-1].startswith("total kernel pairs: ")
     assert total == _pooled_pairs_directly(config)
@@ -55,12 +56,12 @@ def test_make_cost_prints_the_total(repo):
 def test_block_identity_ignores_runtime_settings(repo):
     config = _config(repo, "test.yaml")
     other = {**config, "kernel": {**config["kernel"], "backend": "cuda", "block_size": 7}}
-    assert plan.kernel_identity(other) == plan.kernel_identity(config)
+    assert plan.kernel_identity(parse_config(other)) == plan.kernel_identity(parse_config(config))
     for key, value in (("depth", 4), ("image_size", 14), ("pad", 3)):
         changed = {**config, "kernel": {**config["kernel"], key: value}}
-        assert plan.short_hash(plan.kernel_identity(changed)) != plan.short_hash(plan.kernel_identity(config))
+        assert plan.short_hash(plan.kernel_identity(parse_config(changed))) != plan.short_hash(plan.kernel_identity(parse_config(config)))
     data = {**config, "data": {**config["data"], "resample": "box"}}
-    assert plan.kernel_identity(data) != plan.kernel_identity(config)
+    assert plan.kernel_identity(parse_config(data)) != plan.kernel_identity(parse_config(config))
 
 
 @pytest.mark.parametrize("edit,message", [
@@ -73,4 +74,4 @@ def test_task_settings_are_checked_before_any_download(repo, edit, message):
     config = _config(repo, "test.yaml")
     config["tasks"].update(edit)
     with pytest.raises(ValueError, match=message):
-        plan.pools(config)
+        plan.pools(parse_config(config))

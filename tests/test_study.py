@@ -7,8 +7,6 @@ import pytest
 
 from mnk.methods.mnk import DegenerateKernelError, MNKOptions
 from mnk.study.selection import (
-    Setting,
-    grid_settings,
     kernel_regression_labels,
     method_metrics,
     mnk_labels,
@@ -18,6 +16,12 @@ from mnk.study.selection import (
 )
 
 WAY, SHOT, QUERY = 3, 1, 2
+
+from mnk.methods.options import MNKSection, Setting  # noqa: E402
+
+
+def grid_settings(grid):
+    return list(MNKSection.from_section({"grid": grid}).settings)
 
 
 def _study(seed=0, n_classes=15, per_class=4, n_train=6, n_val=4, n_test=5):
@@ -49,7 +53,7 @@ OPTIONS = MNKOptions(ridge=(1e-4, 1e-5))
 def test_selection_never_reads_test_tasks():
     """Poisoned test labels and NaN kernel entries of every test image change nothing."""
     K, tasks, features = _study()
-    settings = grid_settings({"grid": GRID})
+    settings = grid_settings(GRID)
     chosen, table = select_setting(K, tasks, features, settings, OPTIONS)
     test_images = np.unique(np.concatenate([tasks["test_support"], tasks["test_query"]], axis=1))
     K_bad = K.copy()
@@ -64,7 +68,7 @@ def test_selection_never_reads_test_tasks():
 
 def test_selection_picks_the_best_validation_accuracy_first_on_ties():
     K, tasks, features = _study(seed=1)
-    settings = grid_settings({"grid": GRID})
+    settings = grid_settings(GRID)
     assert len(settings) == 12 and settings[0] == Setting(1e-5, "onehot", "nearest_centroid")
     chosen, table = select_setting(K, tasks, features, settings, OPTIONS)
     direct = []
@@ -78,15 +82,15 @@ def test_selection_picks_the_best_validation_accuracy_first_on_ties():
 
 def test_grid_of_one_is_the_fixed_setting_and_larger_grids_need_validation_tasks():
     K, tasks, features = _study(seed=2)
-    one = grid_settings({"grid": {"r2": [1e-5], "targets": ["encoder"], "decoder": ["nearest_centroid"]}})
+    one = grid_settings({"r2": [1e-5], "targets": ["encoder"], "decoder": ["nearest_centroid"]})
     no_val = {k: (v[:0] if k.startswith("val_") else v) for k, v in tasks.items()}
     assert select_setting(K, no_val, features, one, OPTIONS) == (one[0], [])
     with pytest.raises(ValueError, match="12 settings but there are no validation tasks"):
-        select_setting(K, no_val, features, grid_settings({"grid": GRID}), OPTIONS)
-    with pytest.raises(ValueError, match=r"mnk.grid.decoder: \['argmax'\]"):
-        grid_settings({"grid": {**GRID, "decoder": ["argmax"]}})
+        select_setting(K, no_val, features, grid_settings(GRID), OPTIONS)
+    with pytest.raises(ValueError, match=r"mnk.grid.decoder must be .*, got \['argmax'\]"):
+        grid_settings({**GRID, "decoder": ["argmax"]})
     with pytest.raises(ValueError, match="mnk.grid.r2 must be a non-empty list"):
-        grid_settings({"grid": {**GRID, "r2": []}})
+        grid_settings({**GRID, "r2": []})
 
 
 def _normalised(K, r1):

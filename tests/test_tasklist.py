@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from mnk.data import archive as data
-from mnk.data.folder import ImageOptions, load_image
+from mnk.data.folder import load_image
+from mnk.data.options import DataOptions, ImageOptions
 from mnk.tasks.tasklist import (TaskListError, layout_test_tasks, list_tasks_id, local_images, parse_task_list,
                           read_task_list,
                           replace_test_tasks, task_list_shape, write_omniglot_one_shot_list,
@@ -161,7 +162,6 @@ def test_an_image_may_recur_across_tasks(tmp_path, images):
 
 
 def test_replace_test_tasks_keeps_training_side(tmp_path, images):
-    from mnk.data.folder import dataset_image_options
     from mnk.tasks.sampling import TaskSpec, make_tasks
 
     # a toy dataset in the make_tasks format: 8 classes x 4 images, the last 4 classes test
@@ -171,7 +171,7 @@ def test_replace_test_tasks_keeps_training_side(tmp_path, images):
     sampled = make_tasks(character, drawer, split, spec)
     rows = rows_for("t1", "ab", [0], [1, 2]) + rows_for("t2", "cd", [2], [0, 3])
     task_list = read_task_list(write_task_list(tmp_path / "l.csv", rows),
-                               dataset_image_options({"dataset": "omniglot", "image_size": SIZE}), way=2, shot=1)
+                               DataOptions(image_size=SIZE).image, way=2, shot=1)
     tasks, order = replace_test_tasks(sampled, task_list)
     n_train = spec.n_train_images + spec.n_val_images  # training, then validation images
     for key in ("train_support", "train_query", "val_support", "val_query", "train_characters"):

@@ -16,15 +16,15 @@ rule train_meta_learner:
         method="maml|imaml",
     retries: 1
     conda:
-        conda_env("torch", gpu=on_gpu(config["device"]))
+        conda_env("torch", gpu=on_job_device())
     threads: 1
     resources:
-        gpu=gpu_when(config["device"]),
+        gpu=gpu_when(STUDY.device),
         runtime=meta_learner_runtime,
     params:
         code=code_hash("train_meta_learner.py"),
-        options=lambda wildcards: canonical(config[wildcards.method]["options"]),
+        options=learner_params,
         experiment=experiment,
-        device=run_setting(config["device"]),
+        device=run_setting(STUDY.device),
     script:
         "../../scripts/train_meta_learner.py"

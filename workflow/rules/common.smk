@@ -20,15 +20,22 @@ from mnk.study import (
     plan,
 )  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
 from mnk.data.omniglot import ARCHIVES  # noqa: E402
+from mnk.study.config import parse_config  # noqa: E402
+from mnk.methods import options as mnk_options  # noqa: E402
 
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
-# The image pools and their kernel blocks, planned once (also checks the task settings).
-POOLS = plan.pools(config)
+# The config, parsed once into frozen sections (every problem listed at once, naming its
+# key): nothing below reads the raw dict but the whole-config hash of the summary rows.
+STUDY = parse_config(config, environ=os.environ)
+CONFIG_HASH = plan.short_hash(config)
+# The image pools and their kernel blocks, planned once.
+POOLS = plan.pools(STUDY)
 # The test-task list (tasks.test_tasks), checked: its shape and id; None without one.
-TEST_TASKS = plan.task_list(config)
+TEST_TASKS = STUDY.test_tasks
 # Baselines without meta-learning: always run (they reuse the kernel and the encoder).
 BASELINES = ["kernel_regression", "prototypes"]
-METHODS = ["mnk", *BASELINES] + [m for m in ("maml", "imaml") if config[m]["enabled"]]
+METHODS = ["mnk", *BASELINES, *STUDY.enabled]
+KERNEL_IDENTITY = plan.kernel_identity(STUDY)
 
 
 wildcard_constraints:
@@ -43,68 +50,51 @@ canonical = plan.canonical
 
 def experiment_ids():
     """One id per point of the experiments grid: way x shot x n_characters x seeds."""
-    return plan.experiment_ids(config)
+    return plan.experiment_ids(STUDY)
 
 
 def experiment(wildcards):
     return plan.parse_experiment(wildcards.exp)
 
 
-TASK_KEYS = (
-    "split",
-    "query",
-    "enlarge_ratio",
-    "n_test_tasks",
-    "n_val_tasks",
-    "n_val_characters",
-)
-
-
-def task_settings():
-    """The TASK_KEYS of the config; with a task list, n_test_tasks is the list's."""
-    settings = {k: config["tasks"][k] for k in TASK_KEYS}
-    return {**settings, "n_test_tasks": plan.n_test_tasks(config)}
-
-
 def task_spec(wildcards):
-    """Everything that decides an experiment's tasks (params of make_tasks)."""
-    return canonical({**experiment(wildcards), **task_settings()})
+    """Everything that decides an experiment's tasks (params of make_tasks: a TaskSpec's
+    fields; with a task list, n_test_tasks is the list's)."""
+    return canonical({**experiment(wildcards), **STUDY.tasks.shared()})
 
 
 def dataset_npz():
     """The preprocessed dataset: Omniglot's archives or an image folder (data.dataset)."""
-    if config["data"]["dataset"] == "folder":
+    if STUDY.data.dataset == "folder":
         return "results/data/dataset.npz"
     return "results/data/omniglot.npz"
 
 
 def image_params():
     """The data settings that decide how an image becomes an array (task-list images too)."""
-    keys = ("dataset", "image_size", "resample", "folder")
-    return canonical({k: config["data"][k] for k in keys if k in config["data"]})
+    return canonical(STUDY.data.params())
 
 
 def test_tasks_params():
     """make_pool's and make_tasks' view of the task list: {} without one."""
     if not TEST_TASKS:
         return {}
-    return {"path": config["tasks"]["test_tasks"], "list_id": TEST_TASKS["list_id"]}
+    return {"path": STUDY.tasks.test_tasks, "list_id": TEST_TASKS["list_id"]}
 
 
 def test_tasks_input():
-    return [config["tasks"]["test_tasks"]] if TEST_TASKS else []
+    return [STUDY.tasks.test_tasks] if TEST_TASKS else []
 
 
 def folder_fingerprint():
     """Hash of the names, sizes and mtimes of the image folders' files: edits rerun."""
     import hashlib
 
-    if config["data"]["dataset"] != "folder":
+    digest = hashlib.sha256()
+    if not STUDY.data.folder_roots:
         return ""
-    folder, digest = config["data"]["folder"], hashlib.sha256()
-    for key in ("train_root", "test_root"):
-        root = folder.get(key)
-        for path in sorted(Path(root).rglob("*")) if root else []:
+    for root in STUDY.data.folder_roots:
+        for path in sorted(Path(root).rglob("*")):
             if path.is_file():
                 stat = path.stat()
                 digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
@@ -115,7 +105,7 @@ def pool_plan(wildcards):
     """The image pool of a `pool` or an `exp` wildcard."""
     if "pool" in wildcards.keys():
         return POOLS[wildcards.pool]
-    return plan.pool_of(config, wildcards.exp)
+    return POOLS[plan.pool_name(wildcards.exp)]
 
 
 def pool_spec(wildcards):
@@ -123,7 +113,7 @@ def pool_spec(wildcards):
     pool = POOLS[wildcards.pool]
     spec = {"way": pool.way, "shot": pool.shot, "seed": pool.seed}
     spec["n_characters"] = max(pool.n_characters)
-    return canonical({**spec, **task_settings()})
+    return canonical({**spec, **STUDY.tasks.shared()})
 
 
 def pool_params(wildcards):
@@ -141,7 +131,7 @@ def pool_file(name):
 
 def kernel_params(wildcards=None):
     """The kernel settings that decide its values (not backend, block_size)."""
-    return plan.kernel_identity(config)["kernel"]
+    return KERNEL_IDENTITY["kernel"]
 
 
 def experiment_block_files(wildcards):
@@ -174,7 +164,7 @@ def run_setting(value):
 
 
 def encoder_input(wildcards):
-    if "encoder" in config["mnk"]["grid"]["targets"]:
+    if "encoder" in STUDY.mnk.targets:
         return f"results/encoder/{wildcards.exp}/encoder.pt"
     return []
 
@@ -211,23 +201,21 @@ def kernel_block_runtime(wildcards, attempt):
     """Minutes for one kernel block: 3x the estimate (kernel_cost.pair_seconds), doubled on retry."""
     pool = POOLS[wildcards.pool]
     pairs = pool.block(wildcards.block).n_pairs(pool.task_size)
-    device = "cuda" if config["kernel"]["backend"] == "cuda" else "cpu"
-    seconds = pairs * kernel_cost.pair_seconds(
-        config["kernel"], kernel_cost.kernel_pixels(config), device
-    )
+    device = "cuda" if STUDY.kernel.backend == "cuda" else "cpu"
+    seconds = pairs * kernel_cost.study_pair_seconds(STUDY, device)
     if device == "cpu":
         seconds /= 8  # CPU-seconds over the rule's threads
     return int(10 + 3 * seconds / 60) * attempt
 
 
 def kernel_block_mem_mb(wildcards, attempt):
-    size = config["kernel"]["block_size"]
+    size = STUDY.kernel.block_size
     return (2000 + 3 * 8 * size * size // 10**6) * attempt
 
 
 def kernel_matrix_mem_mb(exp, attempt=1):
     """Memory for rules that hold an experiment's whole kernel (float64 K, its mask, copies)."""
-    pool = plan.pool_of(config, exp)
+    pool = POOLS[plan.pool_name(exp)]
     n_train = pool.n_train_images(plan.parse_experiment(exp)["n_characters"])
     n = n_train + pool.n_images - pool.val_start
     return (4000 + 27 * n * n // 10**6) * attempt
@@ -250,7 +238,7 @@ def on_gpu(setting):
 
 
 def kernel_on_gpu():
-    return config["kernel"]["type"] == "cntk" and on_gpu(config["kernel"]["backend"])
+    return STUDY.kernel.options.type == "cntk" and on_gpu(STUDY.kernel.backend)
 
 
 def gpu_when(setting):
@@ -259,8 +247,8 @@ def gpu_when(setting):
 
 
 def conda_env(family, gpu):
-    """envs/<family>.yaml, or its CUDA build envs/<family>-cuda<config cuda>.yaml on a GPU."""
-    suffix = f"-cuda{config['cuda']}" if gpu else ""
+    """envs/<family>.yaml, or its CUDA build envs/<family>-cuda<N>.yaml (N: STUDY.cuda) on a GPU."""
+    suffix = f"-cuda{STUDY.cuda}" if gpu else ""
     return f"../../envs/{family}{suffix}.yaml"
 
 
@@ -271,6 +259,16 @@ def kernel_threads():
 
 def meta_learner_runtime(wildcards, attempt):
     """Minutes for MAML/iMAML: 3x the meta-updates at H200 speed (mnk.study.cost), + 15."""
-    updates = kernel_cost.meta_updates(config, wildcards.method, wildcards.exp)
+    updates = kernel_cost.meta_updates(STUDY, wildcards.method, wildcards.exp)
     per_second = kernel_cost.META_ITERATIONS_PER_SECOND[wildcards.method]
     return int(15 + 3 * updates / per_second / 60) * attempt
+
+
+def on_job_device():
+    """Whether the torch jobs (MAML, iMAML, MNK solves, the label encoder) run on a GPU."""
+    return on_gpu(STUDY.device)
+
+
+def learner_params(wildcards):
+    """A meta-learner's options, as plain data (mnk.methods.options.options_from_config)."""
+    return canonical(mnk_options.learner_params(STUDY.learner(wildcards.method)))

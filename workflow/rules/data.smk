@@ -12,8 +12,8 @@ rule download_omniglot:
     conda:
         "../../envs/data.yaml"
     params:
-        source=config["data"]["source"],
-        mirror=config["data"].get("mirror", ""),
+        source=STUDY.data.source,
+        mirror=STUDY.data.mirror,
     script:
         "../../scripts/download_omniglot.py"
 
@@ -31,8 +31,8 @@ rule preprocess_omniglot:
         "../../envs/data.yaml"
     params:
         code=code_hash("preprocess_omniglot.py"),
-        image_size=config["data"]["image_size"],
-        resample=config["data"]["resample"],
+        image_size=STUDY.data.image_size,
+        resample=STUDY.data.resample,
     script:
         "../../scripts/preprocess_omniglot.py"
 
@@ -49,7 +49,7 @@ rule preprocess_folder:
     params:
         code=code_hash("preprocess_folder.py"),
         data=image_params(),
-        images_per_class=max(config["tasks"]["shot"]) + config["tasks"]["query"],
+        images_per_class=max(STUDY.tasks.shot) + STUDY.tasks.query,
         fingerprint=folder_fingerprint(),
     script:
         "../../scripts/preprocess_folder.py"

@@ -43,9 +43,9 @@ rule kernel_block:
     params:
         pool=pool_params,
         block=block_params,
-        identity=plan.kernel_identity(config),
+        identity=KERNEL_IDENTITY,
         code=code_hash("kernel_block.py"),
-        backend=run_setting(config["kernel"]["backend"]),
+        backend=run_setting(STUDY.kernel.backend),
     script:
         "../../scripts/kernel_block.py"
 
@@ -67,7 +67,7 @@ rule assemble_kernel:
     params:
         pool=pool_params,
         n_characters=lambda wildcards: experiment(wildcards)["n_characters"],
-        identity=plan.kernel_identity(config),
+        identity=KERNEL_IDENTITY,
         code=code_hash("assemble_kernel.py"),
     script:
         "../../scripts/assemble_kernel.py"

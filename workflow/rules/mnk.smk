@@ -12,15 +12,15 @@ rule train_encoder:
     benchmark:
         "results/benchmarks/train_encoder/{exp}.tsv"
     conda:
-        conda_env("torch", gpu=on_gpu(config["device"]))
+        conda_env("torch", gpu=on_job_device())
     threads: 2
     resources:
-        gpu=gpu_when(config["device"]),
+        gpu=gpu_when(STUDY.device),
     params:
         code=code_hash("train_encoder.py"),
-        encoder=canonical(config["encoder"]),
+        encoder=canonical(STUDY.encoder.params()),
         seed=lambda wildcards: experiment(wildcards)["seed"],
-        device=run_setting(config["device"]),
+        device=run_setting(STUDY.device),
     script:
         "../../scripts/train_encoder.py"
 
@@ -41,17 +41,17 @@ rule solve_mnk:
         "results/benchmarks/solve_mnk/{exp}.tsv"
     retries: 1
     conda:
-        conda_env("torch", gpu=on_gpu(config["device"]))
+        conda_env("torch", gpu=on_job_device())
     threads: 2
     resources:
-        gpu=gpu_when(config["device"]),
+        gpu=gpu_when(STUDY.device),
         mem_mb=experiment_mem_mb,
     params:
         code=code_hash("solve_mnk.py"),
-        mnk=canonical(config["mnk"]),
+        mnk=canonical(STUDY.mnk.params()),
         kernel=kernel_params,
         experiment=experiment,
-        device=run_setting(config["device"]),
+        device=run_setting(STUDY.device),
     script:
         "../../scripts/solve_mnk.py"
 
@@ -70,17 +70,17 @@ rule solve_baseline:
     wildcard_constraints:
         method="|".join(BASELINES),
     conda:
-        conda_env("torch", gpu=on_gpu(config["device"]))
+        conda_env("torch", gpu=on_job_device())
     threads: 1
     resources:
-        gpu=gpu_when(config["device"]),
+        gpu=gpu_when(STUDY.device),
         mem_mb=experiment_mem_mb,
     params:
         code=code_hash("solve_baseline.py"),
-        mnk=canonical(config["mnk"]),
-        encoder=canonical(config["encoder"]),
+        mnk=canonical(STUDY.mnk.params()),
+        encoder=canonical(STUDY.encoder.params()),
         kernel=kernel_params,
         experiment=experiment,
-        device=run_setting(config["device"]),
+        device=run_setting(STUDY.device),
     script:
         "../../scripts/solve_baseline.py"

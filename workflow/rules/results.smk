@@ -22,7 +22,7 @@ rule aggregate:
         "../../envs/results.yaml"
     params:
         code=code_hash("aggregate.py"),
-        config_hash=plan.short_hash(config),  # of the whole config, with every summary row
+        config_hash=CONFIG_HASH,  # of the whole config, with every summary row
         test_tasks=TEST_TASKS["list_id"] if TEST_TASKS else "sampled",
     script:
         "../../scripts/aggregate.py"

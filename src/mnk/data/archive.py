@@ -31,8 +31,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from mnk.infra.io import atomic_path, save_npz
 from mnk.data.omniglot import ARCHIVES, EXPECTED_COUNTS
+from mnk.data.options import RESAMPLE_FILTERS
+from mnk.infra.io import atomic_path, save_npz
 
 log = logging.getLogger("mnk.data.archive")
 
@@ -43,7 +44,6 @@ OFFICIAL_MD5 = {
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
 }
 MIRROR_ENV = "OMNIGLOT_MIRROR"
-RESAMPLE_FILTERS = ("lanczos", "bicubic", "bilinear", "box", "nearest")
 
 
 class DataError(RuntimeError):

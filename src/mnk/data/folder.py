@@ -25,80 +25,18 @@ import io
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from mnk.data.archive import RESAMPLE_FILTERS, DataError
+from mnk.data.archive import DataError
+from mnk.data.options import DEFAULT_SPLIT, FolderOptions, ImageOptions
 
 log = logging.getLogger("mnk.data.folder")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-INVERT_CHOICES = ("auto", True, False)
-CHANNEL_CHOICES = (None, 1, 3)
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")  # PIL modes with one colour band
 SHOW = 5  # how many offending classes an error message lists
-DEFAULT_SPLIT = 0.25  # one root: the test share of the sorted classes
-
-
-@dataclass(frozen=True)
-class ImageOptions:
-    """How every image (dataset or task list) is turned into an array."""
-
-    image_size: int = 28
-    resample: str = "lanczos"
-    invert: str | bool = "auto"
-    channels: int | None = None  # None: from the files (grey -> 1, colour -> 3)
-
-    def __post_init__(self):
-        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 3:
-            raise ValueError(f"data.image_size must be an integer >= 3, got {self.image_size!r}")
-        if self.resample not in RESAMPLE_FILTERS:
-            raise ValueError(f"data.resample must be one of {RESAMPLE_FILTERS}, got {self.resample!r}")
-        if not any(self.invert is choice for choice in INVERT_CHOICES) and self.invert != "auto":
-            raise ValueError(f"data.folder.invert must be auto, true or false, got {self.invert!r}")
-        if self.channels not in CHANNEL_CHOICES or isinstance(self.channels, bool):
-            raise ValueError(f"data.folder.channels must be null, 1 or 3, got {self.channels!r}")
-
-    @classmethod
-    def omniglot(cls, image_size: int = 28, resample: str = "lanczos") -> "ImageOptions":
-        """What `mnk.data.archive.image_to_array` does to an Omniglot PNG (grey, always inverted)."""
-        return cls(image_size=image_size, resample=resample, invert=True, channels=1)
-
-
-@dataclass(frozen=True)
-class FolderOptions:
-    """The `data.folder` section (plus `data.image_size` / `data.resample`), checked."""
-
-    train_root: str
-    test_root: str | None
-    split: float | None
-    image: ImageOptions
-
-    @classmethod
-    def from_config(cls, data: dict) -> "FolderOptions":
-        folder = data.get("folder") or {}
-        if not folder.get("train_root"):
-            raise ValueError("data.dataset is 'folder' but data.folder.train_root is not set")
-        test_root, split = folder.get("test_root"), folder.get("split")
-        if test_root and split is not None:
-            raise ValueError("data.folder: give either test_root or split, not both")
-        if not test_root:
-            split = DEFAULT_SPLIT if split is None else split
-            if not 0 < float(split) < 1:
-                raise ValueError(f"data.folder.split must be a fraction in (0, 1), got {split!r}")
-        image = ImageOptions(int(data.get("image_size", 28)), data.get("resample", "lanczos"),
-                             folder.get("invert", "auto"), folder.get("channels"))
-        return cls(str(folder["train_root"]), str(test_root) if test_root else None,
-                   None if test_root else float(split), image)
-
-
-def dataset_image_options(data: dict) -> ImageOptions:
-    """The preprocessing of the configured dataset (`data` section), for task-list images."""
-    if data.get("dataset", "omniglot") == "folder":
-        return FolderOptions.from_config(data).image
-    return ImageOptions.omniglot(int(data.get("image_size", 28)), data.get("resample", "lanczos"))
 
 
 # ------------------------------------------------------------------ one image

@@ -13,15 +13,15 @@ import logging
 
 import numpy as np
 
-from mnk.kernels.options import DTYPES  # one list, with the config's options
 from mnk.kernels._validate import as_images, check_depth
 from mnk.kernels.ntk import ntk_gram
+from mnk.kernels.options import BACKENDS, DTYPES  # one list each, with the config's options
 
 __all__ = ["DTYPES", "check_dtype", "cntk_gram", "ntk_gram", "select_backend"]
 
 log = logging.getLogger("mnk.kernels")
 
-_BACKENDS = ("auto", "cpu", "cuda")
+
 _logged: set[str] = set()
 
 
@@ -50,8 +50,8 @@ def _cuda_module():
 
 def select_backend(backend: str = "auto") -> str:
     """Resolve ``backend`` to "cpu" or "cuda" (raises RuntimeError for an unusable "cuda")."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "cpu":
         return "cpu"
     mod, why = _cuda_module()

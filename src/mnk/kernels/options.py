@@ -53,3 +53,25 @@ class KernelOptions:
         if unknown:
             raise ValueError(f"unknown option kernel.{unknown[0]}; valid options: {sorted(fields)}")
         return cls(**{key: value for key, value in section.items() if key in fields})
+
+
+BACKENDS = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class KernelSection:
+    """The `kernel` section: the options that decide values, and how they are computed."""
+
+    options: KernelOptions
+    backend: str = "auto"
+    block_size: int = 600  # images per side of a kernel block (one job each)
+
+    def __post_init__(self):
+        require(self.backend in BACKENDS, "kernel.backend", f"one of {BACKENDS}", self.backend)
+        require(is_int(self.block_size) and self.block_size >= 1, "kernel.block_size", "an integer >= 1",
+                self.block_size)
+
+    @classmethod
+    def from_section(cls, section: Mapping) -> "KernelSection":
+        run = {key: section[key] for key in ("backend", "block_size") if key in section}
+        return cls(KernelOptions.from_section(section), **run)

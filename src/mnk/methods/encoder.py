@@ -17,15 +17,14 @@ nondeterminism (set torch.backends.cudnn.deterministic for bitwise repeats).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mnk.infra.checks import is_int, is_number, require
 from mnk.infra.io import load_torch, save_torch
+from mnk.methods.options import EncoderOptions  # noqa: F401 (the encoder's options, re-exported)
 
 __all__ = ["EncoderOptions", "LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
 
@@ -33,7 +32,7 @@ __all__ = ["EncoderOptions", "LabelEncoder", "train_label_encoder", "encode", "s
 class LabelEncoder(nn.Module):
     def __init__(self, n_classes: int, width: int = 250, in_channels: int = 1):
         super().__init__()
-        self.config = dict(n_classes=int(n_classes), width=int(width), in_channels=int(in_channels))
+        self.shape = dict(n_classes=int(n_classes), width=int(width), in_channels=int(in_channels))
         layers: list[nn.Module] = []
         c = in_channels
         for _ in range(3):
@@ -87,22 +86,6 @@ def _evaluate(model, x, y, device, batch_size=256):
         loss += nn.functional.cross_entropy(out, yb, reduction="sum").item()
         correct += (out.argmax(1) == yb).sum().item()
     return loss / max(len(x), 1), correct / max(len(x), 1)
-
-
-@dataclass(frozen=True)
-class EncoderOptions:
-    """The `encoder` config section (defaults: the original's settings)."""
-
-    width: int = 250  # channels of every conv layer = the encoding's size
-    epochs: int = 50
-    lr: float = 1e-3  # Adam
-    batch_size: int = 16
-
-    def __post_init__(self):
-        for name in ("width", "epochs", "batch_size"):
-            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"encoder.{name}",
-                    "an integer >= 1", getattr(self, name))
-        require(is_number(self.lr) and self.lr > 0, "encoder.lr", "a number > 0", self.lr)
 
 
 def train_label_encoder(images: np.ndarray, labels: np.ndarray, options: EncoderOptions, *, seed: int = 0,
@@ -172,18 +155,18 @@ def encode(model: LabelEncoder, images: np.ndarray, device: str = "cpu", batch_s
     model = model.to(device).eval()
     out = [model.embed(x[lo : lo + batch_size].to(device)).cpu() for lo in range(0, len(x), batch_size)]
     if not out:
-        return np.zeros((0, model.config["width"]), dtype=np.float32)
+        return np.zeros((0, model.shape["width"]), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
 def save_encoder(model: LabelEncoder, path: str | os.PathLike) -> None:
-    """Save config + weights atomically (torch.save of plain tensors and ints)."""
-    state = {"config": model.config, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    """Save the shape (classes, width, channels) + weights atomically (torch.save of plain tensors and ints)."""
+    state = {"shape": model.shape, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     save_torch(path, state)
 
 
 def load_encoder(path: str | os.PathLike, device: str = "cpu") -> LabelEncoder:
     state = load_torch(path)
-    model = LabelEncoder(**state["config"])
+    model = LabelEncoder(**state["shape"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()

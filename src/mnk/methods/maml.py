@@ -46,6 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
+from mnk.infra.progress import progress_bar
+from mnk.methods.metrics import accuracy_ci
+from mnk.methods.nets import build_network
 from mnk.methods.options import (  # noqa: F401 (re-exported: the options are part of this API)
     AUTO_META_BATCH_CAP,
     METHODS,
@@ -56,9 +59,6 @@ from mnk.methods.options import (  # noqa: F401 (re-exported: the options are pa
     _MetaLearnerOptions,
     options_from_config,
 )
-from mnk.methods.metrics import accuracy_ci
-from mnk.methods.nets import build_network
-from mnk.infra.progress import progress_bar
 
 __all__ = [
     "METHODS",

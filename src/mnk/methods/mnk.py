@@ -77,6 +77,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from mnk.methods.options import SOLVERS, MNKSection
+
 __all__ = [
     "DegenerateKernelError",
     "MNKOptions",
@@ -269,7 +271,6 @@ def _normalized_subkernel(K, index_arrays, r1, normalize_ntk, dev):
 
 # ------------------------------------------------------------------------ options
 
-SOLVERS = ("auto", "dense", "lowrank")
 # A normalised base kernel whose within-task off-diagonal entries all lie within this of
 # each other (constant) or of its unit diagonal (no diagonal dominance) carries no
 # information: every prediction is the same and the accuracy is exactly chance.
@@ -307,13 +308,13 @@ class MNKOptions:
             raise ValueError("solver='lowrank' needs meta_time=inf (use solver='dense' for finite meta_time)")
 
     @classmethod
-    def from_config(cls, section: dict, *, r2: float, device=None) -> "MNKOptions":
-        """From the config's ``mnk`` section (``r1`` and the solver keys) and a ridge r2."""
+    def from_section(cls, section: MNKSection, *, r2: float, device=None) -> "MNKOptions":
+        """From the ``mnk`` section (``r1`` and the solver keys) and a ridge r2."""
         try:
-            return cls(inner_time=section["inner_time"], meta_time=section["meta_time"],
-                       ridge=(section["r1"], r2), normalize_ntk=section["normalize_ntk"],
-                       normalize_mnk=section["normalize_mnk"], solver=section["solver"], device=device)
-        except (KeyError, ValueError) as exc:
+            return cls(inner_time=section.inner_time, meta_time=section.meta_time, ridge=(section.r1, r2),
+                       normalize_ntk=section.normalize_ntk, normalize_mnk=section.normalize_mnk,
+                       solver=section.solver, device=device)
+        except ValueError as exc:
             raise ValueError(f"config section mnk: {exc}") from None
 
     def replace(self, **changes) -> "MNKOptions":

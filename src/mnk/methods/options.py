@@ -8,6 +8,8 @@ Plain Python (no numpy, no torch): the Snakefile and `make cost` read the traini
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
@@ -179,3 +181,89 @@ def options_from_config(method: str, section: Mapping | None = None):
     return cls(**section)
 
 
+
+
+def learner_params(options: _MetaLearnerOptions) -> dict:
+    """The options as plain data for a job; `options_from_config(method, params)` gives them back."""
+    return dataclasses.asdict(options)
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """The `encoder` config section (defaults: the original's settings)."""
+
+    width: int = 250  # channels of every conv layer = the encoding's size
+    epochs: int = 50
+    lr: float = 1e-3  # Adam
+    batch_size: int = 16
+
+    def __post_init__(self):
+        for name in ("width", "epochs", "batch_size"):
+            require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"encoder.{name}",
+                    "an integer >= 1", getattr(self, name))
+        require(is_number(self.lr) and self.lr > 0, "encoder.lr", "a number > 0", self.lr)
+
+    def params(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+TARGETS = ("onehot", "encoder")  # target encodings (mnk.methods.targets)
+DECODERS = ("nearest_centroid", "least_squares")
+SOLVERS = ("auto", "dense", "lowrank")  # mnk.methods.mnk
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of MNK's selection grid."""
+
+    r2: float
+    targets: str
+    decoder: str
+
+
+@dataclass(frozen=True)
+class MNKSection:
+    """The `mnk` section: the solver's settings and the grid that validation chooses from."""
+
+    inner_time: float = math.inf
+    meta_time: float = math.inf
+    r1: float = 1e-5  # ridge on the base kernel (also kernel regression's)
+    normalize_ntk: bool = True
+    normalize_mnk: bool = True
+    solver: str = "auto"
+    r2: tuple[float, ...] = (1e-5,)  # the grid, in declared order
+    targets: tuple[str, ...] = ("onehot",)
+    decoder: tuple[str, ...] = ("nearest_centroid",)
+
+    def __post_init__(self):
+        require(self.solver in SOLVERS, "mnk.solver", f"one of {SOLVERS}", self.solver)
+        for name in ("normalize_ntk", "normalize_mnk"):
+            require(is_bool(getattr(self, name)), f"mnk.{name}", "true or false", getattr(self, name))
+        for name, choices in (("targets", TARGETS), ("decoder", DECODERS)):
+            values = getattr(self, name)
+            require(bool(values) and set(values) <= set(choices), f"mnk.grid.{name}",
+                    f"a non-empty list of {choices}", list(values))
+        require(bool(self.r2) and all(is_number(r) and math.isfinite(r) and r >= 0 for r in self.r2),
+                "mnk.grid.r2", "a non-empty list of finite numbers >= 0", list(self.r2))
+
+    @classmethod
+    def from_section(cls, mnk: Mapping) -> "MNKSection":
+        grid = mnk.get("grid") or {}
+        unknown = sorted(set(grid) - {"r2", "targets", "decoder"})
+        require(not unknown, "mnk.grid", "a map of r2, targets and decoder only", unknown)
+        solver = {key: mnk[key] for key in ("inner_time", "meta_time", "r1", "normalize_ntk", "normalize_mnk",
+                                             "solver") if key in mnk}
+        listed = {key: tuple(float(v) if key == "r2" and is_number(v) else v for v in grid[key])
+                  for key in ("r2", "targets", "decoder") if key in grid}
+        return cls(**solver, **listed)
+
+    @property
+    def settings(self) -> tuple[Setting, ...]:
+        """The grid's settings in declared order (r2, then targets, then decoder)."""
+        return tuple(Setting(*point) for point in itertools.product(self.r2, self.targets, self.decoder))
+
+    def params(self) -> dict:
+        """As plain data in the config's own shape: `from_section(params())` gives it back."""
+        solver = {key: getattr(self, key) for key in ("inner_time", "meta_time", "r1", "normalize_ntk",
+                                                       "normalize_mnk", "solver")}
+        return {**solver, "grid": {key: list(getattr(self, key)) for key in ("r2", "targets", "decoder")}}

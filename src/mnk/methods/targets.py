@@ -1,6 +1,6 @@
 """Regression targets for few-shot classification, and decoding predictions into labels.
 
-Targets (``mnk.methods.targets`` in the config):
+Targets (``mnk.grid.targets`` in the config):
 
 * ``onehot``: class ``k`` of a task is the unit vector ``e_k``.
 * ``encoder``: the original MNK code's label encodings: each point's target is the
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mnk.methods.options import DECODERS, TARGETS  # noqa: F401 (one list, with the config's)
+
 __all__ = [
     "TARGETS",
     "DECODERS",
@@ -34,8 +36,6 @@ __all__ = [
     "task_targets",
 ]
 
-TARGETS = ("onehot", "encoder")
-DECODERS = ("nearest_centroid", "least_squares")
 
 
 def one_hot(labels, way: int) -> np.ndarray:

@@ -53,7 +53,7 @@ def compute_block(X, Z, block: Block, options: KernelOptions, task_size: int, ba
 
 
 def block_identity(pool: PoolPlan, block: Block, pool_ids, identity: dict) -> dict:
-    """What a block file must say it is (identity: `mnk.study.plan.kernel_identity(config)`)."""
+    """What a block file must say it is (identity: `mnk.study.plan.kernel_identity(study)`)."""
     (r0, r1), (c0, c1) = block.rows, block.cols
     return {"pool": pool.name, "block": block.name, "rows": list(block.rows), "cols": list(block.cols),
             "row_images": image_ids_hash(pool_ids[r0:r1]), "col_images": image_ids_hash(pool_ids[c0:c1]),

@@ -1,4 +1,5 @@
-"""Checks that the config alone decides, run by the Snakefile right after schema validation.
+"""Checks that the config alone decides, run by `mnk.study.config.parse_config` right after
+schema validation (the Snakefile's, and `make cost`'s).
 
 The schema checks each key on its own; these check combinations of keys and facts about
 Omniglot, so that a config that cannot work fails before any download or job, naming the
@@ -14,9 +15,9 @@ import math
 import os
 from pathlib import Path
 
+from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
 from mnk.infra.checks import as_list
 from mnk.kernels.options import KernelOptions
-from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
 from mnk.tasks.spec import grid_problems
 
 GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")  # NVIDIA driver, ROCm
@@ -26,19 +27,15 @@ class ConfigError(ValueError):
     """A config that cannot work; the message names the keys."""
 
 
-def check_config(config: dict, workdir: str | os.PathLike = ".", environ=None) -> None:
-    """Raise ConfigError listing every problem of `config` found without running anything."""
-    environ = os.environ if environ is None else environ
-    data = config.get("data", {})
-    problems = [
-        *task_problems(config.get("tasks", {}), data.get("dataset", "omniglot")),
-        *task_list_problems(config.get("tasks", {}), Path(workdir)),
+def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
+    """Every problem the config alone decides (no data, no machine): the parse's checks."""
+    tasks = config.get("tasks", {})
+    return [
+        *task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")),
+        *task_list_problems(tasks, Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
-        *mnk_problems(config.get("mnk", {}), config.get("tasks", {})),
-        *data_problems(data, Path(workdir), environ),
+        *mnk_problems(config.get("mnk", {}), tasks),
     ]
-    if problems:
-        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 def task_problems(tasks: dict, dataset: str = "omniglot") -> list[str]:
@@ -196,13 +193,13 @@ def gpu_visible(environ=None) -> tuple[bool, str]:
     return False, f"no GPU device file ({', '.join(GPU_DEVICE_FILES)}) on this machine"
 
 
-def check_devices(config: dict, environ=None) -> None:
+def check_devices(study, environ=None) -> None:
     """`device: cuda` / `kernel.backend: cuda` need a GPU where the jobs run.
 
-    Called when jobs run on this machine (not for a cluster, whose GPU nodes are elsewhere).
+    Called when jobs run on this machine (not for a cluster, whose GPU nodes are elsewhere),
+    with the parsed config (mnk.study.config.StudyConfig).
     """
-    wanted = [key for key, value in (("device", config.get("device")),
-                                     ("kernel.backend", config.get("kernel", {}).get("backend")))
+    wanted = [key for key, value in (("device", study.device), ("kernel.backend", study.kernel.backend))
               if value == "cuda"]
     if not wanted:
         return

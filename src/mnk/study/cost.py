@@ -6,8 +6,13 @@ apart from `mnk.study.plan` so that updating a speed reruns no kernel block.
 
 from __future__ import annotations
 
-from mnk.methods.options import options_from_config
-from mnk.study.plan import STAGES, experiment_ids, kernel_image_size, parse_experiment, pools
+from pathlib import Path
+
+from mnk.kernels.options import KernelOptions
+from mnk.study.config import StudyConfig, parse_config
+
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
+from mnk.study.plan import STAGES, experiment_ids, parse_experiment, pools
 
 # Per-pair speeds (BENCHMARKS.md), the one place SLURM runtimes and `make cost` read them.
 # Work of one CNTK pair ~ depth x P x (P with global average pooling, else 1), P = pixels.
@@ -19,70 +24,71 @@ NTK_SECONDS_PER_PAIR = 1e-6
 META_ITERATIONS_PER_SECOND = {"maml": 25.0, "imaml": 5.0}  # H200, vmap (BENCHMARKS.md)
 
 
-def meta_updates(config, method: str, exp: str) -> int:
+def meta_updates(study: StudyConfig, method: str, exp: str) -> int:
     """Meta-updates of one MAML/iMAML run (its options' budget for the experiment)."""
-    options = options_from_config(method, config[method]["options"])
-    return options.n_updates(parse_experiment(exp)["n_characters"])
+    return study.learner(method).n_updates(parse_experiment(exp)["n_characters"])
 
 
-def meta_learner_hours(config, method: str) -> float:
+def meta_learner_hours(study: StudyConfig, method: str) -> float:
     """GPU-hours (H200) of all runs of `method`."""
-    updates = sum(meta_updates(config, method, exp) for exp in experiment_ids(config))
+    updates = sum(meta_updates(study, method, exp) for exp in experiment_ids(study))
     return updates / META_ITERATIONS_PER_SECOND[method] / 3600
 
 
-def pair_seconds(kernel: dict, pixels: int, device: str) -> float:
+def pair_seconds(kernel: KernelOptions, pixels: int, device: str) -> float:
     """Seconds per kernel pair: GPU wall seconds (H200) or CPU-seconds (one core)."""
-    if kernel["type"] == "ntk":
+    if kernel.type == "ntk":
         return NTK_SECONDS_PER_PAIR
-    work = kernel["depth"] * pixels * (pixels if kernel["gap"] else 1)
+    work = kernel.depth * pixels * (pixels if kernel.gap else 1)
     if device == "cuda":
         return work * GPU_SECONDS_PER_UNIT
-    return work * CPU_SECONDS_PER_UNIT[kernel.get("dtype", "float64")]
+    return work * CPU_SECONDS_PER_UNIT[kernel.dtype]
 
 
-def kernel_pixels(config) -> int:
-    return (kernel_image_size(config) + 2 * config["kernel"]["pad"]) ** 2
+def kernel_side(study: StudyConfig) -> int:
+    return study.kernel_image_size + 2 * study.kernel.options.pad
 
 
-def per_experiment_pairs(config) -> int:
+def study_pair_seconds(study: StudyConfig, device: str) -> float:
+    return pair_seconds(study.kernel.options, kernel_side(study) ** 2, device)
+
+
+def per_experiment_pairs(study: StudyConfig) -> int:
     """Pairs of the former plan, one kernel per experiment (train, test x train, test tasks)."""
-    total = 0
-    for exp in experiment_ids(config):
-        e, t = parse_experiment(exp), config["tasks"]
-        n = e["n_characters"] * (e["shot"] + t["query"])
-        size = e["way"] * (e["shot"] + t["query"])
-        total += n * (n + 1) // 2 + t["n_test_tasks"] * size * n + t["n_test_tasks"] * size * (size + 1) // 2
+    total, t = 0, study.tasks
+    for exp in experiment_ids(study):
+        e = parse_experiment(exp)
+        n = e["n_characters"] * (e["shot"] + t.query)
+        size = e["way"] * (e["shot"] + t.query)
+        total += n * (n + 1) // 2 + t.n_test_tasks * size * n + t.n_test_tasks * size * (size + 1) // 2
     return total
 
 
-def cost_lines(config) -> list[str]:
-    plans = pools(config)
+def cost_lines(study: StudyConfig) -> list[str]:
+    plans = pools(study)
     stages = dict.fromkeys(STAGES, 0)
     for plan in plans.values():
         for key, value in plan.pairs_by_stage().items():
             stages[key] += value
-    gpu, cpu = (pair_seconds(config["kernel"], kernel_pixels(config), d) / 3600 for d in ("cuda", "cpu"))
-    k = config["kernel"]
-    side = kernel_image_size(config) + 2 * k["pad"]
-    lines = [f"{len(plans)} image pools, {len(experiment_ids(config))} experiments, "
-             f"{sum(len(p.blocks) for p in plans.values())} kernel blocks; kernel {k['type']} depth {k['depth']} "
-             f"{'gap' if k.get('gap') else 'trace'} on {side}x{side} images",
+    gpu, cpu = (study_pair_seconds(study, d) / 3600 for d in ("cuda", "cpu"))
+    k, side = study.kernel.options, kernel_side(study)
+    lines = [f"{len(plans)} image pools, {len(experiment_ids(study))} experiments, "
+             f"{sum(len(p.blocks) for p in plans.values())} kernel blocks; kernel {k.type} depth {k.depth} "
+             f"{'gap' if k.gap else 'trace'} on {side}x{side} images",
              f"{'stage':<28}{'pairs':>14}{'GPU-hours':>12}{'CPU-hours':>12}"]
     for key, pairs in stages.items():
         lines.append(f"{'kernel ' + key:<28}{pairs:>14.4g}{pairs * gpu:>12.3g}{pairs * cpu:>12.3g}")
     total = sum(stages.values())
     lines.append(f"{'kernel (all)':<28}{total:>14.4g}{total * gpu:>12.3g}{total * cpu:>12.3g}")
     gpu_hours = total * gpu
-    for method in META_ITERATIONS_PER_SECOND:
-        if config.get(method, {}).get("enabled"):
-            hours = meta_learner_hours(config, method)
-            gpu_hours += hours
-            lines.append(f"{method + ' (meta-training)':<28}{'-':>14}{hours:>12.3g}{'-':>12}")
+    for method in study.enabled:
+        hours = meta_learner_hours(study, method)
+        gpu_hours += hours
+        lines.append(f"{method + ' (meta-training)':<28}{'-':>14}{hours:>12.3g}{'-':>12}")
     lines.append(f"{'kernel + meta-training':<28}{'-':>14}{gpu_hours:>12.3g}{'-':>12}"
                  f"   ({gpu_hours * 60:.1f} GPU-minutes on one H200)")
-    lines.append(f"one kernel per experiment (former plan): {per_experiment_pairs(config):.4g} pairs "
-                 f"(pooled: {total / per_experiment_pairs(config):.0%})")
+    lines.append(f"one kernel per experiment (former plan): {per_experiment_pairs(study):.4g} pairs "
+                 f"(pooled: {total / per_experiment_pairs(study):.0%})")
     lines.append("GPU-hours: NVIDIA H200 speeds; CPU-hours: CPU-seconds of the 2-core VM (BENCHMARKS.md)")
     lines.append(f"total kernel pairs: {total}")
     return lines
@@ -91,15 +97,26 @@ def cost_lines(config) -> list[str]:
 def main(argv=None) -> None:
     import argparse
 
-    import yaml
-
     parser = argparse.ArgumentParser(description="Planned kernel pairs and projected hours of a config.")
     parser.add_argument("config", help="a config file, e.g. config/paper.yaml")
     args = parser.parse_args(argv)
-    with open(args.config) as f:
-        config = yaml.safe_load(f)
     print(f"{args.config}:")
-    print("\n".join(cost_lines(config)))
+    print("\n".join(cost_lines(load_config(args.config))))
+
+
+def load_config(path) -> StudyConfig:
+    """A config file, with the schema's defaults where Snakemake is at hand, parsed."""
+    import yaml
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    try:
+        from snakemake.utils import validate
+    except ImportError:  # `make cost` needs no venv: the config files give every key
+        pass
+    else:
+        validate(config, str(SCHEMA))
+    return parse_config(config)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from mnk.kernels.options import RUNTIME_KEYS  # how, not what, is computed: not in a block's identity
+if TYPE_CHECKING:
+    from mnk.study.config import StudyConfig
 
 EXPERIMENT_PATTERN = r"(\d+)way(\d+)shot-(\d+)char-seed(\d+)"
 POOL_PATTERN = r"pool-(\d+)way(\d+)shot-seed(\d+)"
@@ -142,10 +144,10 @@ def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------------- the study
 
 
-def experiment_ids(config) -> list[str]:
-    grid = config["tasks"]
-    return [f"{w}way{s}shot-{n}char-seed{seed}" for w in grid["way"] for s in grid["shot"]
-            for n in grid["n_characters"] for seed in grid["seeds"]]
+def experiment_ids(study: StudyConfig) -> list[str]:
+    grid = study.tasks
+    return [f"{w}way{s}shot-{n}char-seed{seed}" for w in grid.way for s in grid.shot
+            for n in grid.n_characters for seed in grid.seeds]
 
 
 def parse_experiment(exp: str) -> dict:
@@ -156,45 +158,18 @@ def parse_experiment(exp: str) -> dict:
     return {"way": way, "shot": shot, "n_characters": chars, "seed": seed}
 
 
-def pools(config) -> dict[str, PoolPlan]:
-    """Every image pool of the study, by name (checks the task settings first)."""
-    check_tasks(config)
-    t = config["tasks"]
-    chars = tuple(sorted(set(t["n_characters"])))
-    n_test = n_test_tasks(config)
-    plans = [PoolPlan(w, s, seed, t["query"], chars, t["n_val_tasks"], n_test, config["kernel"]["block_size"])
-             for w in t["way"] for s in t["shot"] for seed in t["seeds"]]
+def pools(study: StudyConfig) -> dict[str, PoolPlan]:
+    """Every image pool of the study, by name."""
+    t = study.tasks
+    chars = tuple(sorted(set(t.n_characters)))
+    plans = [PoolPlan(w, s, seed, t.query, chars, t.n_val_tasks, t.n_test_tasks, study.kernel.block_size)
+             for w in t.way for s in t.shot for seed in t.seeds]
     return {p.name: p for p in plans}
 
 
-def pool_of(config, exp: str) -> PoolPlan:
+def pool_name(exp: str) -> str:
     e = parse_experiment(exp)
-    return pools(config)[f"pool-{e['way']}way{e['shot']}shot-seed{e['seed']}"]
-
-
-def check_tasks(config) -> None:
-    """What the task settings alone decide (mnk.study.config_checks), before any download."""
-    from mnk.study.config_checks import ConfigError, task_list_problems, task_problems
-
-    tasks = config["tasks"]
-    problems = task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")) + task_list_problems(tasks)
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
-def task_list(config) -> dict | None:
-    """The shape of the test-task list (mnk.tasks.tasklist.task_list_shape), None without one."""
-    from mnk.study.config_checks import list_path
-    from mnk.tasks.tasklist import task_list_shape
-
-    path = config.get("tasks", {}).get("test_tasks")
-    return task_list_shape(list_path(path)) if path else None
-
-
-def n_test_tasks(config) -> int:
-    """tasks.n_test_tasks, or with a task list (tasks.test_tasks) its number of tasks."""
-    shape = task_list(config)
-    return shape["n_tasks"] if shape else config["tasks"]["n_test_tasks"]
+    return f"pool-{e['way']}way{e['shot']}shot-seed{e['seed']}"
 
 
 # ---------------------------------------------------------------- identity and hashes
@@ -209,21 +184,16 @@ def canonical(value):
     return value
 
 
-def kernel_image_size(config) -> int:
-    return config["kernel"].get("image_size") or config["data"]["image_size"]
-
-
-def kernel_identity(config) -> dict:
+def kernel_identity(study: StudyConfig) -> dict:
     """Everything that decides a kernel value of given images (not how it is computed)."""
-    kernel = {k: v for k, v in config["kernel"].items() if k not in RUNTIME_KEYS}
-    kernel["image_size"] = kernel_image_size(config)
-    data = {k: config["data"][k] for k in ("image_size", "resample")}
-    if config["data"].get("dataset", "omniglot") != "omniglot":  # (Omniglot identities stay as they were)
-        data.update(dataset=config["data"]["dataset"], folder=config["data"].get("folder"))
+    kernel = {f.name: getattr(study.kernel.options, f.name) for f in fields(study.kernel.options)}
+    kernel["image_size"] = study.kernel_image_size
+    data = {"image_size": study.data.image_size, "resample": study.data.resample}
+    if study.data.dataset != "omniglot":  # (Omniglot identities stay as they were)
+        data.update(dataset=study.data.dataset, folder=study.data.params()["folder"])
     identity = {"kernel": kernel, "data": data}
-    shape = task_list(config)
-    if shape:  # the list's images have no global ids: its identity tells them apart
-        identity["test_tasks"] = shape["list_id"]
+    if study.test_tasks:  # the list's images have no global ids: its identity tells them apart
+        identity["test_tasks"] = study.test_tasks["list_id"]
     return canonical(identity)
 
 

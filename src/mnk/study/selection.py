@@ -14,50 +14,20 @@ method's ``metrics.json`` shares.
 
 from __future__ import annotations
 
-import itertools
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
-from mnk.methods.mnk import MNKOptions, TaskSet, mnk_gram, mnk_predict, normalized_kernel_block
 from mnk.methods.metrics import accuracy_ci, per_task_accuracy
-from mnk.methods.targets import DECODERS, TARGETS, decode, predict_labels, task_targets
+from mnk.methods.mnk import MNKOptions, TaskSet, mnk_gram, mnk_predict, normalized_kernel_block
+from mnk.methods.options import Setting
+from mnk.methods.targets import decode, predict_labels, task_targets
 
 __all__ = [
-    "Setting", "grid_settings", "select_setting", "mnk_labels", "kernel_regression_labels",
+    "select_setting", "mnk_labels", "kernel_regression_labels",
     "prototype_labels", "require_computed", "test_tasks_id", "method_metrics", "heatmap_matrices",
     "without_test_tasks",
 ]
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One point of the MNK's selection grid."""
-
-    r2: float
-    targets: str
-    decoder: str
-
-
-def grid_settings(section: dict) -> list[Setting]:
-    """The settings of the config's ``mnk.grid`` in declared order (r2, then targets, then decoder)."""
-    grid = section.get("grid")
-    if not isinstance(grid, dict):
-        raise ValueError("config mnk.grid must map r2, targets and decoder to lists of candidates")
-    allowed = {"r2": None, "targets": TARGETS, "decoder": DECODERS}
-    for key, choices in allowed.items():
-        values = grid.get(key)
-        if not isinstance(values, list) or not values:
-            raise ValueError(f"config mnk.grid.{key} must be a non-empty list, got {values!r}")
-        if choices is not None and not set(values) <= set(choices):
-            raise ValueError(f"config mnk.grid.{key}: {sorted(set(values) - set(choices))} not in {choices}")
-    for r2 in grid["r2"]:
-        if not (isinstance(r2, (int, float)) and math.isfinite(r2) and r2 >= 0):
-            raise ValueError(f"config mnk.grid.r2 values must be finite and >= 0, got {r2!r}")
-    if set(grid) - set(allowed):
-        raise ValueError(f"config mnk.grid: unknown keys {sorted(set(grid) - set(allowed))}")
-    return [Setting(float(r2), t, d) for r2, t, d in itertools.product(grid["r2"], grid["targets"], grid["decoder"])]
 
 
 def without_test_tasks(tasks: dict) -> dict:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Mapping
 
-from mnk.infra.checks import as_list, is_int
 from mnk.data.omniglot import SPLITS
+from mnk.infra.checks import as_list, is_int
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,44 @@ def grid_problems(tasks: dict) -> list[str]:
         settings = {**defaults, "query": 1, **given, "way": way, "shot": shot, "n_characters": size, "seed": 0}
         problems += [p for p in spec_problems(settings) if p not in problems]
     return problems
+
+
+# The settings every experiment of the grid shares (the rest: way, shot, n_characters, seed).
+SHARED_KEYS = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks", "n_val_characters")
+
+
+@dataclass(frozen=True)
+class TaskGrid:
+    """The `tasks` section: the experiments' grid (way x shot x n_characters x seeds) and the
+    settings they share; `spec` gives one experiment's TaskSpec."""
+
+    way: tuple[int, ...]
+    shot: tuple[int, ...]
+    n_characters: tuple[int, ...]
+    seeds: tuple[int, ...]
+    query: int
+    split: str = "background"
+    enlarge_ratio: int = 1
+    n_test_tasks: int = 100  # with a task list: the list's number of tasks
+    n_val_tasks: int = 20
+    n_val_characters: int = 20
+    test_tasks: str | None = None  # a task list's path (mnk.tasks.tasklist)
+
+    def __post_init__(self):
+        problems = grid_problems(asdict(self))
+        if not self.seeds or not all(is_int(seed) for seed in self.seeds):
+            problems.append(f"tasks.seeds must be a non-empty list of integers, got {list(self.seeds)!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @classmethod
+    def from_section(cls, tasks: Mapping) -> "TaskGrid":
+        grid = {key: tuple(as_list(tasks[key])) for key in ("way", "shot", "n_characters", "seeds") if key in tasks}
+        shared = {key: tasks[key] for key in (*SHARED_KEYS, "test_tasks") if key in tasks}
+        return cls(**grid, **shared)
+
+    def shared(self) -> dict:
+        return {key: getattr(self, key) for key in SHARED_KEYS}
+
+    def spec(self, way: int, shot: int, n_characters: int, seed: int) -> TaskSpec:
+        return TaskSpec(way=way, shot=shot, n_characters=n_characters, seed=seed, **self.shared())

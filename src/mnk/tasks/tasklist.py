@@ -27,6 +27,10 @@ import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mnk.data.options import DataOptions
 
 # numpy and the image loader are imported inside the functions that need them: the
 # Snakefile checks a list (`task_list_shape`) from Snakemake's own environment.
@@ -143,12 +147,12 @@ def _task_shape(csv_path, task, entries) -> tuple[list[str], dict, int, int]:
     return labels, groups, counts["support"], counts["query"]
 
 
-def _check_config(csv_path, shape: dict, config: dict) -> None:
-    for key, wanted in config.items():
-        if wanted is not None and shape[key] != wanted:
+def _check_shape(csv_path, shape: dict, wanted: dict) -> None:
+    for key, value in wanted.items():
+        if value is not None and shape[key] != value:
             raise TaskListError(f"{csv_path}: the task list is {shape[key]}-{key} "
                                 f"(way {shape['way']}, shot {shape['shot']}, query {shape['query']}) "
-                                f"but the configuration's tasks.{key} is {wanted}")
+                                f"but the configuration's tasks.{key} is {value}")
 
 
 def _checked_tasks(csv_path: Path, way, shot, query):
@@ -166,7 +170,7 @@ def _checked_tasks(csv_path: Path, way, shot, query):
             raise _fail(csv_path, entries[0].row, task, f"is {this} but task {first_task!r} is {shape}; "
                         "all tasks must have the same way, shot and query")
         checked.append((task, labels, groups))
-    _check_config(csv_path, shape, {"way": way, "shot": shot, "query": query})
+    _check_shape(csv_path, shape, {"way": way, "shot": shot, "query": query})
     return sha256, shape, checked
 
 
@@ -180,7 +184,7 @@ def task_list_shape(csv_path, *, way: int | None = None, shot: int | None = None
         raise TaskListError(f"task list {csv_path} does not exist (tasks.test_tasks)")
     stat = csv_path.stat()
     shape = dict(_list_shape(csv_path.resolve(), stat.st_size, stat.st_mtime_ns))
-    _check_config(csv_path, shape, {"way": way, "shot": shot})
+    _check_shape(csv_path, shape, {"way": way, "shot": shot})
     return shape
 
 
@@ -348,17 +352,15 @@ def local_images(images, tasks: dict, task_list: TaskList | None = None):
     return out
 
 
-def load_for_dataset(csv_path, data: dict, dataset_images, *, way=None, shot=None, query=None) -> TaskList:
-    """The list with its images, preprocessed like the dataset's (`data`: the config's data
-    section), with the dataset's channel count."""
-    from mnk.data.folder import dataset_image_options
-
+def load_for_dataset(csv_path, data: "DataOptions", dataset_images, *, way=None, shot=None, query=None) -> TaskList:
+    """The list with its images, preprocessed like the dataset's (`data`: the data section),
+    with the dataset's channel count."""
     channels = 1 if dataset_images.ndim == 3 else dataset_images.shape[1]
-    options = replace(dataset_image_options(data), channels=channels)
+    options = replace(data.image, channels=channels)
     return read_task_list(csv_path, options, way=way, shot=shot, query=query)
 
 
-def sample_tasks(data: dict, spec, test_tasks: dict, data_params: dict, log):
+def sample_tasks(data: dict, spec, test_tasks: dict, data_options: "DataOptions", log):
     """make_pool's and make_tasks' one step: `mnk.tasks.sampling.make_tasks` on the preprocessed
     dataset `data`, with the list's test tasks in place of the sampled ones under
     `tasks.test_tasks` (`test_tasks` params; empty: none). Returns (tasks, the images of their
@@ -368,7 +370,7 @@ def sample_tasks(data: dict, spec, test_tasks: dict, data_params: dict, log):
     tasks = make_tasks(data["character"], data["drawer"], data["split"], spec)
     task_list = None
     if test_tasks:
-        task_list = load_for_dataset(test_tasks["path"], data_params, data["images"],
+        task_list = load_for_dataset(test_tasks["path"], data_options, data["images"],
                                      way=spec.way, shot=spec.shot, query=spec.query)
         tasks, _ = replace_test_tasks(tasks, task_list)
         log.info("test tasks: the %d of the list %s; tasks.n_test_tasks is ignored", task_list.n_tasks,

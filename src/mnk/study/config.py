@@ -1,0 +1,100 @@
+"""The config, parsed once: the validated config dict in, frozen typed sections out.
+
+`parse_config` is the boundary: the Snakefile (and `make cost`) call it once on the config
+that the schema validated, and every other module receives its sections, never the raw
+dict. Each section is the options object of the stage that uses it; a job receives its
+section as plain data (`params()`), and rebuilds it with the same class's `from_section`.
+Problems that need only the config are listed all at once (`mnk.study.config_checks`),
+each naming its key.
+
+Plain Python (no numpy, no torch): Snakemake's own environment runs this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from mnk.data.options import DataOptions
+from mnk.kernels.options import RUNTIME_KEYS, KernelSection
+from mnk.methods.options import (OPTION_CLASSES, EncoderOptions, IMAMLOptions, MAMLOptions, MNKSection,
+                                 options_from_config)
+from mnk.study.config_checks import ConfigError, config_problems, data_problems, list_path
+from mnk.tasks.spec import TaskGrid
+
+DEVICES = ("auto", "cpu", "cuda")
+LEARNERS = tuple(OPTION_CLASSES)  # MAML and iMAML: each may be switched off (`<method>.enabled`)
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Every section of the config, frozen and typed."""
+
+    data: DataOptions
+    tasks: TaskGrid
+    kernel: KernelSection
+    mnk: MNKSection
+    encoder: EncoderOptions
+    maml: MAMLOptions
+    imaml: IMAMLOptions
+    enabled: tuple[str, ...] = LEARNERS  # the meta-learners that run
+    device: str = "auto"  # MAML, iMAML, MNK solves and the label encoder
+    cuda: int = 12  # the CUDA build of the GPU conda envs
+    test_tasks: dict | None = None  # the task list's shape (mnk.tasks.tasklist.task_list_shape)
+
+    def learner(self, method: str) -> MAMLOptions | IMAMLOptions:
+        return getattr(self, method)
+
+    @property
+    def kernel_image_size(self) -> int:
+        """The side the kernel sees: kernel.image_size, else the preprocessed data's."""
+        return self.kernel.options.image_size or self.data.image_size
+
+
+def parse_config(config: Mapping, workdir: str | Path = ".", environ: Mapping | None = None) -> StudyConfig:
+    """The sections of a schema-validated config; ConfigError lists every problem found.
+
+    With `environ` (the Snakefile's os.environ), the data source is checked on this machine
+    too (an Omniglot mirror folder, a folder dataset's roots)."""
+    problems = config_problems(config, Path(workdir))
+    if environ is not None:
+        problems += data_problems(config.get("data") or {}, Path(workdir), environ)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+    try:
+        return _sections(config, Path(workdir))
+    except ValueError as error:  # a rule the checks above do not know; it names its key
+        raise ConfigError(f"invalid configuration:\n  - {error}") from None
+
+
+def _sections(config: Mapping, workdir: Path) -> StudyConfig:
+    tasks = TaskGrid.from_section(config["tasks"])
+    shape = None
+    if tasks.test_tasks:  # the list fixes the test tasks: its count replaces n_test_tasks
+        from mnk.tasks.tasklist import task_list_shape
+
+        shape = task_list_shape(list_path(tasks.test_tasks, workdir))
+        tasks = dataclasses.replace(tasks, n_test_tasks=shape["n_tasks"])
+    learners = {m: options_from_config(m, (config.get(m) or {}).get("options")) for m in LEARNERS}
+    enabled = tuple(m for m in LEARNERS if (config.get(m) or {}).get("enabled", True))
+    return StudyConfig(
+        data=DataOptions.from_section(config.get("data") or {}),
+        tasks=tasks,
+        kernel=KernelSection.from_section({k: v for k, v in (config.get("kernel") or {}).items()
+                                           if k not in RUNTIME_KEYS or k in ("backend", "block_size")}),
+        mnk=MNKSection.from_section(config.get("mnk") or {}),
+        encoder=EncoderOptions(**(config.get("encoder") or {})),
+        **learners,
+        enabled=enabled,
+        device=_device(config.get("device", "auto")),
+        cuda=config.get("cuda", 12),
+        test_tasks=shape,
+    )
+
+
+def _device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    return device
