@@ -9,6 +9,7 @@ import yaml
 from mnk.kernels.gram import cntk_gram, ntk_gram
 from mnk.kernels.options import KernelOptions
 from mnk.study.blocks import base_kernel
+from mnk.study.config import parse_config
 from mnk.study.plan import kernel_identity
 
 
@@ -18,7 +19,7 @@ def test_from_the_config_section_less_run_settings(repo):
     assert (options.type, options.depth, options.gap, options.dtype, options.image_size) == ("cntk", 3, False,
                                                                                              "float64", 28)
     # A block's identity (what the job receives) builds the same options.
-    assert KernelOptions.from_section(kernel_identity(config)["kernel"]) == options
+    assert KernelOptions.from_section(kernel_identity(parse_config(config))["kernel"]) == options
 
 
 @pytest.mark.parametrize("section,message", [
