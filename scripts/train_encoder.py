@@ -5,7 +5,8 @@ import torch
 
 from mnk.infra.io import load_npz
 from mnk.infra.runtime import logged_run, resolve_device
-from mnk.methods.encoder import EncoderOptions, save_encoder, train_label_encoder
+from mnk.methods.encoder import save_encoder, train_label_encoder
+from mnk.methods.options import EncoderOptions
 
 with logged_run(snakemake.log[0], "train_encoder") as log:
     torch.set_num_threads(snakemake.threads)

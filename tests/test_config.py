@@ -96,3 +96,21 @@ def test_kernel_options_are_the_values_and_the_section_adds_how():
     study = parse_config(shipped("test.yaml"))
     assert isinstance(study.kernel.options, KernelOptions) and study.kernel.backend in ("auto", "cpu", "cuda")
     assert isinstance(study, StudyConfig)
+
+
+@pytest.mark.parametrize("build,key", [
+    (lambda: DataOptions(dataset="zip"), "data.dataset must be one of"),
+    (lambda: DataOptions(source="ftp"), "data.source must be one of"),
+    (lambda: DataOptions(dataset="folder"), "data.folder must be given exactly when data.dataset is 'folder'"),
+    (lambda: KernelSection(KernelOptions(), backend="tpu"), "kernel.backend must be one of"),
+    (lambda: KernelSection(KernelOptions(), block_size=0), "kernel.block_size must be an integer >= 1"),
+    (lambda: MNKSection(solver="fast"), "mnk.solver must be one of"),
+    (lambda: MNKSection(normalize_ntk="yes"), "mnk.normalize_ntk must be true or false"),
+    (lambda: MNKSection(r2=()), "mnk.grid.r2 must be a non-empty list"),
+    (lambda: MNKSection(r2=(math.inf,)), "mnk.grid.r2 must be a non-empty list of finite numbers"),
+    (lambda: MNKSection.from_section({"grid": {"alpha": [1.0]}}), r"mnk.grid must be a map of r2, targets and decoder only, got \['alpha'\]"),
+    (lambda: TaskGrid(way=(5,), shot=(1,), n_characters=(5,), seeds=(), query=5), "tasks.seeds must be a non-empty list"),
+])
+def test_a_section_built_by_hand_names_its_key(build, key):
+    with pytest.raises(ValueError, match=key):
+        build()

@@ -21,7 +21,6 @@ __all__ = ["DTYPES", "check_dtype", "cntk_gram", "ntk_gram", "select_backend"]
 
 log = logging.getLogger("mnk.kernels")
 
-
 _logged: set[str] = set()
 
 

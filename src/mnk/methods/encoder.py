@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mnk.infra.io import load_torch, save_torch
-from mnk.methods.options import EncoderOptions  # noqa: F401 (the encoder's options, re-exported)
+from mnk.methods.options import EncoderOptions
 
 __all__ = ["EncoderOptions", "LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
 

@@ -181,8 +181,6 @@ def options_from_config(method: str, section: Mapping | None = None):
     return cls(**section)
 
 
-
-
 def learner_params(options: _MetaLearnerOptions) -> dict:
     """The options as plain data for a job; `options_from_config(method, params)` gives them back."""
     return dataclasses.asdict(options)
@@ -210,6 +208,9 @@ class EncoderOptions:
 TARGETS = ("onehot", "encoder")  # target encodings (mnk.methods.targets)
 DECODERS = ("nearest_centroid", "least_squares")
 SOLVERS = ("auto", "dense", "lowrank")  # mnk.methods.mnk
+# The `mnk` section: the solver's keys, and the grid's under `mnk.grid`.
+SOLVER_KEYS = ("inner_time", "meta_time", "r1", "normalize_ntk", "normalize_mnk", "solver")
+GRID_KEYS = ("r2", "targets", "decoder")
 
 
 @dataclass(frozen=True)
@@ -249,12 +250,11 @@ class MNKSection:
     @classmethod
     def from_section(cls, mnk: Mapping) -> "MNKSection":
         grid = mnk.get("grid") or {}
-        unknown = sorted(set(grid) - {"r2", "targets", "decoder"})
+        unknown = sorted(set(grid) - set(GRID_KEYS))
         require(not unknown, "mnk.grid", "a map of r2, targets and decoder only", unknown)
-        solver = {key: mnk[key] for key in ("inner_time", "meta_time", "r1", "normalize_ntk", "normalize_mnk",
-                                             "solver") if key in mnk}
+        solver = {key: mnk[key] for key in SOLVER_KEYS if key in mnk}
         listed = {key: tuple(float(v) if key == "r2" and is_number(v) else v for v in grid[key])
-                  for key in ("r2", "targets", "decoder") if key in grid}
+                  for key in GRID_KEYS if key in grid}
         return cls(**solver, **listed)
 
     @property
@@ -264,6 +264,5 @@ class MNKSection:
 
     def params(self) -> dict:
         """As plain data in the config's own shape: `from_section(params())` gives it back."""
-        solver = {key: getattr(self, key) for key in ("inner_time", "meta_time", "r1", "normalize_ntk",
-                                                       "normalize_mnk", "solver")}
-        return {**solver, "grid": {key: list(getattr(self, key)) for key in ("r2", "targets", "decoder")}}
+        solver = {key: getattr(self, key) for key in SOLVER_KEYS}
+        return {**solver, "grid": {key: list(getattr(self, key)) for key in GRID_KEYS}}

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Mapping
 
 from mnk.data.options import DataOptions
-from mnk.kernels.options import RUNTIME_KEYS, KernelSection
+from mnk.infra.checks import require
+from mnk.kernels.options import KernelSection
 from mnk.methods.options import (OPTION_CLASSES, EncoderOptions, IMAMLOptions, MAMLOptions, MNKSection,
                                  options_from_config)
 from mnk.study.config_checks import ConfigError, config_problems, data_problems, list_path
@@ -43,6 +44,9 @@ class StudyConfig:
     device: str = "auto"  # MAML, iMAML, MNK solves and the label encoder
     cuda: int = 12  # the CUDA build of the GPU conda envs
     test_tasks: dict | None = None  # the task list's shape (mnk.tasks.tasklist.task_list_shape)
+
+    def __post_init__(self):
+        require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
 
     def learner(self, method: str) -> MAMLOptions | IMAMLOptions:
         return getattr(self, method)
@@ -82,19 +86,13 @@ def _sections(config: Mapping, workdir: Path) -> StudyConfig:
     return StudyConfig(
         data=DataOptions.from_section(config.get("data") or {}),
         tasks=tasks,
-        kernel=KernelSection.from_section({k: v for k, v in (config.get("kernel") or {}).items()
-                                           if k not in RUNTIME_KEYS or k in ("backend", "block_size")}),
+        kernel=KernelSection.from_section(config.get("kernel") or {}),
         mnk=MNKSection.from_section(config.get("mnk") or {}),
         encoder=EncoderOptions(**(config.get("encoder") or {})),
         **learners,
         enabled=enabled,
-        device=_device(config.get("device", "auto")),
+        device=config.get("device", "auto"),
         cuda=config.get("cuda", 12),
         test_tasks=shape,
     )
 
-
-def _device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    return device

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from mnk.kernels.options import KernelOptions
 from mnk.study.config import StudyConfig, parse_config
+from mnk.study.plan import STAGES, experiment_ids, parse_experiment, pools
 
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
-from mnk.study.plan import STAGES, experiment_ids, parse_experiment, pools
 
 # Per-pair speeds (BENCHMARKS.md), the one place SLURM runtimes and `make cost` read them.
 # Work of one CNTK pair ~ depth x P x (P with global average pooling, else 1), P = pixels.

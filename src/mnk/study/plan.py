@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -186,7 +186,7 @@ def canonical(value):
 
 def kernel_identity(study: StudyConfig) -> dict:
     """Everything that decides a kernel value of given images (not how it is computed)."""
-    kernel = {f.name: getattr(study.kernel.options, f.name) for f in fields(study.kernel.options)}
+    kernel = asdict(study.kernel.options)
     kernel["image_size"] = study.kernel_image_size
     data = {"image_size": study.data.image_size, "resample": study.data.resample}
     if study.data.dataset != "omniglot":  # (Omniglot identities stay as they were)
