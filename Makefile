@@ -13,7 +13,7 @@ export OMNIGLOT_MIRROR := $(abspath ../shared/omniglot)
 endif
 endif
 
-.PHONY: run test venv venv-nt report dry-run lint clean cost
+.PHONY: run test venv venv-nt report dry-run lint clean cost verify readme-tables
 
 # torch comes first, as one explicit build: the CPU one by default (no CUDA libraries), from a
 # local wheel when pip finds one offline (find-links), else from the PyTorch index of that build.
@@ -45,9 +45,24 @@ venv: $(BIN)/.installed
 
 venv-nt: .venv-nt/.installed
 
+# CONFIG=config/<name>.yaml runs another study (merged into config/config.yaml, as --configfile).
 run: venv
-	$(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
-	$(BIN)/snakemake --report results/report.html $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --cores $(CORES) $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
+	$(BIN)/snakemake --report results/report.html $(if $(CONFIG),--configfile $(CONFIG)) $(SNAKEMAKE_ARGS)
+
+# Reproduction check: the tiny config in a scratch copy (.verify/), its per-task accuracies
+# against the committed reference, to the bit (docs/reproducibility.md).
+VERIFY_REFERENCE := docs/results/tiny_per_task.csv
+verify: venv
+	rm -rf .verify && mkdir .verify
+	cp -r workflow scripts src config envs profiles .verify/
+	cp config/test.yaml .verify/config/config.yaml
+	cd .verify && $(abspath $(BIN))/snakemake --cores $(CORES) --quiet rules
+	PYTHONPATH=src $(BIN)/python -m mnk.study.verify per-task .verify/results/per_task.csv $(VERIFY_REFERENCE)
+
+# The README's results table, generated from the committed docs/results/default_summary.csv.
+readme-tables: venv
+	PYTHONPATH=src $(BIN)/python -m mnk.study.verify readme README.md --write
 
 dry-run: venv
 	$(BIN)/snakemake --dry-run $(SNAKEMAKE_ARGS)
@@ -64,4 +79,4 @@ lint: venv
 	$(BIN)/snakefmt --check workflow
 
 clean:
-	rm -rf results logs .snakemake
+	rm -rf results logs .snakemake .verify

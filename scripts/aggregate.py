@@ -2,7 +2,7 @@
 
 from mnk.infra.io import atomic_path
 from mnk.infra.runtime import logged_run
-from mnk.study.results import paired_differences, per_task_table, summarise
+from mnk.study.results import learning_curves, paired_differences, per_task_table, summarise
 
 with logged_run(snakemake.log[0], "aggregate") as log:
     out = snakemake.output
@@ -13,6 +13,8 @@ with logged_run(snakemake.log[0], "aggregate") as log:
     paired = paired_differences(per_task)
     log.info("\n%s", summary[["method", "n_characters", "seed", "accuracy", "test_tasks_id"]].to_string())
     log.info("paired differences:\n%s", paired.to_string())
-    for frame, path in ((summary, out.summary), (per_task, out.per_task), (paired, out.paired)):
+    curves = learning_curves(snakemake.input.metrics)
+    for frame, path in ((summary, out.summary), (per_task, out.per_task), (paired, out.paired),
+                        (curves, out.learning_curves)):
         with atomic_path(path, suffix=".csv") as tmp:
             frame.to_csv(tmp, index=False)

@@ -11,8 +11,8 @@ with logged_run(snakemake.log[0], "assemble_kernel") as log:
     tasks = load_npz(snakemake.input.tasks)
     pool_ids = load_npz(snakemake.input.pool)["image_ids"]
     check_tasks_match_pool(pool, n_characters, tasks["image_ids"], pool_ids, snakemake.input.tasks)
-    K, computed, seconds = gather(pool, n_characters, snakemake.input.blocks, pool_ids, snakemake.params.identity)
+    K, computed, seconds, cpu = gather(pool, n_characters, snakemake.input.blocks, pool_ids, snakemake.params.identity)
     check_computed(computed, tasks, snakemake.wildcards.exp)
     log.info("kernel %s from %d blocks of %s, %.1f%% of entries computed", K.shape, len(seconds), pool.name,
              100 * computed.mean())
-    save_npz(snakemake.output[0], K=K, computed=computed, block_seconds=seconds)
+    save_npz(snakemake.output[0], K=K, computed=computed, block_seconds=seconds, block_cpu_seconds=cpu)

@@ -4,7 +4,7 @@ import pandas as pd
 
 from mnk.infra.io import load_npz
 from mnk.infra.runtime import logged_run
-from mnk.study.results import plot_accuracy, plot_cost, plot_kernel_heatmap, plot_paired
+from mnk.study.results import plot_accuracy, plot_cost, plot_kernel_heatmap, plot_learning_curves, plot_paired
 
 with logged_run(snakemake.log[0], "figures") as log:
     out = snakemake.output
@@ -13,6 +13,7 @@ with logged_run(snakemake.log[0], "figures") as log:
     plot_accuracy(summary, per_task, out.accuracy, out.accuracy_pdf)
     plot_paired(pd.read_csv(snakemake.input.paired), out.paired, out.paired_pdf)
     plot_cost(summary, out.cost, out.cost_pdf)
+    plot_learning_curves(pd.read_csv(snakemake.input.learning_curves), summary, out.learning, out.learning_pdf)
     heatmap = load_npz(snakemake.input.heatmap)
     n_tasks = int(heatmap["n_tasks"])
     log.info("heatmaps over %d tasks, %d query images", n_tasks, len(heatmap["base"]))

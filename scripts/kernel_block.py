@@ -5,7 +5,7 @@ import time
 import numba
 
 from mnk.infra.io import load_npz
-from mnk.infra.runtime import logged_run
+from mnk.infra.runtime import cpu_seconds, logged_run
 from mnk.kernels.gram import select_backend
 from mnk.kernels.options import KernelOptions
 from mnk.study.blocks import block_identity, compute_block, prepare_images, write_block
@@ -32,8 +32,8 @@ with logged_run(snakemake.log[0], "kernel_block") as log:
     log.info("%s block %s rows %s cols %s, kernel %s", pool.name, block.name, block.rows, block.cols, options)
     if options.type == "cntk":
         log.info("CNTK backend: %s", select_backend(backend))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     values = compute_block(X, Z, block, options, pool.task_size, backend)
-    seconds = time.perf_counter() - start
-    log.info("%d kernel values in %.2f s", values.size, seconds)
-    write_block(snakemake.output[0], values, block_identity(pool, block, pool_ids, identity), seconds)
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+    log.info("%d kernel values in %.2f s (%.2f CPU-s)", values.size, seconds, cpu)
+    write_block(snakemake.output[0], values, block_identity(pool, block, pool_ids, identity), seconds, cpu)

@@ -5,23 +5,23 @@ kernel_regression: per-task base-kernel regression on the support set, one-hot t
 feature space.
 """
 
+import mnk  # noqa: F401, I001 (first: pins the CPU numerics before numpy and torch)
 import time
 
-import torch
-
-from mnk.infra.io import load_npz, save_json, save_npz
-from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.infra.io import load_json, load_npz, save_json, save_npz
+from mnk.infra.numerics import configure_torch
+from mnk.infra.runtime import cpu_seconds, device_name, git_revision, logged_run, resolve_device
 from mnk.methods.mnk import MNKOptions
 from mnk.methods.options import MNKSection
-from mnk.study.selection import kernel_regression_labels, method_metrics, prototype_labels, require_computed
+from mnk.study.selection import cpu_cost, kernel_regression_labels, method_metrics, prototype_labels, require_computed
 
 with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
-    torch.set_num_threads(snakemake.threads)
+    numerics = configure_torch(snakemake.params.threads)
     start = time.perf_counter()
     method = snakemake.wildcards.method
     device = resolve_device(snakemake.params.device)
     tasks = load_npz(snakemake.input.tasks)
-    extra = {}
+    extra, kernel, encoder_cost = {}, None, None
     if method == "kernel_regression":
         section = MNKSection.from_section(snakemake.params.mnk)
         options = MNKOptions.from_section(section, r2=0.0, device=device)
@@ -36,6 +36,7 @@ with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
         images = load_npz(snakemake.input.images)["images"]
         features = encode(load_encoder(snakemake.input.encoder, device), images, device)
         prediction, labels = prototype_labels(features, tasks, "test")
+        encoder_cost = load_json(snakemake.input.encoder_cost)
         extra = {"options": {"encoder": snakemake.params.encoder}}
     metrics = {
         **method_metrics(method, labels, tasks),
@@ -44,10 +45,12 @@ with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
         **extra,
         "solve_seconds": time.perf_counter() - start,
         "device": device,
+        "numerics": numerics,
         "device_name": device_name(device),
         "git_revision": git_revision(),
     }
     metrics["wall_seconds"] = metrics.get("kernel_seconds", 0.0) + metrics["solve_seconds"]
+    metrics.update(cpu_cost(cpu_seconds(), kernel, encoder_cost))
     log.info("test accuracy %.4f [%.4f, %.4f]", metrics["accuracy"], metrics["ci95_low"], metrics["ci95_high"])
     save_npz(snakemake.output.predictions, prediction=prediction, labels=labels,
              query_labels=tasks["test_query_labels"], per_task_accuracy=metrics["per_task_accuracy"])

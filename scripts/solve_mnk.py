@@ -1,18 +1,19 @@
 """Rule solve_mnk: MNK regression, its setting chosen on validation tasks, then the test tasks."""
 
+import mnk  # noqa: F401, I001 (first: pins the CPU numerics before numpy and torch)
 import time
 from dataclasses import asdict
 
-import torch
-
-from mnk.infra.io import load_npz, save_json, save_npz
-from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.infra.io import load_json, load_npz, save_json, save_npz
+from mnk.infra.numerics import configure_torch
+from mnk.infra.runtime import cpu_seconds, device_name, git_revision, logged_run, resolve_device
 from mnk.methods.mnk import MNKOptions
 from mnk.methods.options import MNKSection
-from mnk.study.selection import heatmap_matrices, method_metrics, mnk_labels, require_computed, select_setting
+from mnk.study.selection import (cpu_cost, heatmap_matrices, method_metrics, mnk_labels, require_computed,
+                                 select_setting)
 
 with logged_run(snakemake.log[0], "solve_mnk") as log:
-    torch.set_num_threads(snakemake.threads)
+    numerics = configure_torch(snakemake.params.threads)
     start = time.perf_counter()
     device = resolve_device(snakemake.params.device)
     section = MNKSection.from_section(snakemake.params.mnk)
@@ -22,12 +23,13 @@ with logged_run(snakemake.log[0], "solve_mnk") as log:
     kernel = load_npz(snakemake.input.kernel)
     evaluated = ["val", "test"] if len(tasks["val_support"]) else ["test"]
     require_computed(kernel["computed"], tasks, evaluated, with_train=True, what=snakemake.input.kernel)
-    features = None
+    features, encoder_cost = None, None
     if any(s.targets == "encoder" for s in settings):
         from mnk.methods.encoder import encode, load_encoder
 
         images = load_npz(snakemake.input.images)["images"]
         features = encode(load_encoder(snakemake.input.encoder, device), images, device)
+        encoder_cost = load_json(snakemake.input.encoder_cost)
     chosen, table = select_setting(kernel["K"], tasks, features, settings, options)
     for row in table:
         log.info("validation: %s", row)
@@ -44,12 +46,14 @@ with logged_run(snakemake.log[0], "solve_mnk") as log:
         "kernel_seconds": float(kernel["block_seconds"].sum()),
         "solve_seconds": time.perf_counter() - start,
         "device": device,
+        "numerics": numerics,
         "device_name": device_name(device),
         "git_revision": git_revision(),
     }
     metrics["wall_seconds"] = metrics["kernel_seconds"] + metrics["solve_seconds"]
     log.info("test accuracy %.4f [%.4f, %.4f]", metrics["accuracy"], metrics["ci95_low"], metrics["ci95_high"])
     base, phi = heatmap_matrices(kernel["K"], tasks, options.replace(ridge=(options.ridge[0], chosen.r2)))
+    metrics.update(cpu_cost(cpu_seconds(), kernel, encoder_cost))
     save_npz(snakemake.output.heatmap, base=base, phi=phi, n_tasks=min(3, len(tasks["train_support"])))
     save_npz(snakemake.output.predictions, prediction=prediction, labels=labels,
              query_labels=tasks["test_query_labels"], per_task_accuracy=metrics["per_task_accuracy"])

@@ -1,13 +1,13 @@
 """Rule train_meta_learner: MAML or iMAML on the experiment's tasks."""
 
-import torch
-
+import mnk  # noqa: F401, I001 (first: pins the CPU numerics before numpy and torch)
 from mnk.infra.io import load_npz, save_json, save_torch
-from mnk.infra.runtime import device_name, git_revision, logged_run, resolve_device
+from mnk.infra.numerics import configure_torch
+from mnk.infra.runtime import cpu_seconds, device_name, git_revision, logged_run, resolve_device
 from mnk.methods.maml import options_from_config, train_and_evaluate
 
 with logged_run(snakemake.log[0], f"train_{snakemake.wildcards.method}") as log:
-    torch.set_num_threads(snakemake.threads)
+    numerics = configure_torch(snakemake.params.threads)
     method = snakemake.wildcards.method
     options = options_from_config(method, snakemake.params.options)  # errors name the key
     device = resolve_device(snakemake.params.device)
@@ -29,6 +29,8 @@ with logged_run(snakemake.log[0], f"train_{snakemake.wildcards.method}") as log:
         n_train_tasks=len(tasks["train_support"]),
         device_name=device_name(device),
         git_revision=git_revision(),
+        numerics=numerics,
+        cpu_seconds=cpu_seconds(),  # meta-training and evaluation: this job's whole CPU time
     )
     log.info("test accuracy %.4f [%.4f, %.4f]", metrics["accuracy"], metrics["ci95_low"], metrics["ci95_high"])
     save_torch(snakemake.output.checkpoint, checkpoint)

@@ -70,7 +70,8 @@ def _write_blocks(folder, data, seed=0, config=CONFIG, names=None):
         if names is None or block.name in names:
             values = compute_block(prepare(block.rows), prepare(block.cols), block, options, plan.task_size, "cpu")
             paths.append(folder / f"{block.name}.npz")
-            write_block(paths[-1], values, block_identity(plan, block, ids, kernel_identity(config)), seconds=1.0)
+            write_block(paths[-1], values, block_identity(plan, block, ids, kernel_identity(config)), seconds=1.0,
+                        cpu_seconds=2.0)
     return plan, ids, paths
 
 
@@ -138,7 +139,7 @@ def test_gathered_sub_kernels_equal_a_direct_computation(data, pool_blocks):
     for chars in CHARS:
         tasks = make_tasks(data["character"], data["drawer"], data["split"], _spec(chars))
         check_tasks_match_pool(plan, chars, tasks["image_ids"], pool_ids, "tasks.npz")
-        K, computed, seconds = gather(plan, chars, paths, pool_ids, kernel_identity(CONFIG))
+        K, computed, seconds, cpu = gather(plan, chars, paths, pool_ids, kernel_identity(CONFIG))
         check_computed(computed, tasks, f"{chars} characters")
         images = transform_images(data["images"][tasks["image_ids"]], image_size=6, pad=1, standardize=True,
                                   reference=reference)
@@ -147,6 +148,7 @@ def test_gathered_sub_kernels_equal_a_direct_computation(data, pool_blocks):
         np.testing.assert_allclose(K[computed], direct[computed], rtol=1e-12)
         assert (K[~computed] == 0).all()
         assert len(seconds) == len(plan.experiment_blocks(chars)) and 0 < seconds.sum() <= len(seconds)
+        np.testing.assert_array_equal(cpu, 2 * seconds)  # the same share of each block's CPU time
 
 
 def test_foreign_stale_and_misplaced_blocks_are_refused_by_name(tmp_path, data, pool_blocks):
@@ -190,7 +192,7 @@ def test_tasks_of_another_pool_and_missing_entries_are_refused(data, pool_blocks
     with pytest.raises(ValueError, match="t.npz: the experiment's images are not those of pool-2way1shot-seed0"):
         check_tasks_match_pool(plan, 4, other["image_ids"], pool_ids, "t.npz")
     tasks = make_tasks(data["character"], data["drawer"], data["split"], _spec(4))
-    _, computed, _ = gather(plan, 4, paths, pool_ids, kernel_identity(CONFIG))
+    _, computed, _, _ = gather(plan, 4, paths, pool_ids, kernel_identity(CONFIG))
     ids = np.r_[tasks["test_support"][1], tasks["test_query"][1]]
     computed[ids[0], ids[-1]] = False
     with pytest.raises(ValueError, match="exp: 1 kernel entries within test task 1 are not computed"):

@@ -577,8 +577,9 @@ def test_meta_learning_beats_no_meta_learning(toy, method, options):
 
     def run(meta_lr):
         return M.train_and_evaluate(images, tasks, method=method,
-                                    options={**options, "meta_lr": meta_lr}, seed=0,
-                                    progress=False)
+                                    options={**options, "meta_lr": meta_lr, "patience": 100,
+                                             "test_every_evaluation": True},
+                                    seed=0, progress=False)
 
     (metrics, checkpoint), (untrained, _) = run(options["meta_lr"]), run(0.0)
     json.dumps(metrics)  # JSON-serialisable
@@ -631,7 +632,8 @@ def test_metrics_report_per_task_accuracy_sampling_and_both_numbers(toy):
     images, tasks = toy
     small = _small(tasks)
     m, c = M.train_and_evaluate(images, small, method="maml", seed=0, progress=False,
-                                options=dict(TINY, meta_iterations=4, eval_every=2))
+                                options=dict(TINY, meta_iterations=4, eval_every=2,
+                                             test_every_evaluation=True, patience=9))
     assert m["task_sampling"] == "resample" and m["test_tasks_id"] == "toy-test-tasks"
     assert len(m["per_task_accuracy"]) == m["n_test_tasks"] == 6
     assert np.mean(m["per_task_accuracy"]) == pytest.approx(m["accuracy"])
@@ -645,6 +647,7 @@ def test_metrics_report_per_task_accuracy_sampling_and_both_numbers(toy):
     m, c = M.train_and_evaluate(images, no_val, method="maml", seed=0, progress=False,
                                 options=dict(TINY, meta_iterations=2, task_sampling="fixed"))
     assert m["selected_iteration"] == c["iteration"] == 2 and m["val_accuracy"] is None
+    assert m["stopped_by"] == "budget" and m["max_test_accuracy_over_evaluations"] is None
     assert m["task_sampling"] == "fixed"
     with pytest.raises(ValueError, match="maml.options.inner_stepz"):
         M.train_and_evaluate(images, tasks, method="maml", options={"inner_stepz": 3})
@@ -656,10 +659,106 @@ def test_epochs_budget_in_the_training_loop(toy):
     # 30 characters, meta-batch 10: an epoch is 3 meta-updates, evaluation every 2 epochs
     m, _ = M.train_and_evaluate(images, small, method="maml", seed=0, progress=False,
                                 options={**TINY, "meta_iterations": None, "epochs": 3,
-                                         "meta_batch_size": 10, "eval_every": 2,
+                                         "meta_batch_size": 10, "eval_every": 2, "patience": 9,
                                          "inner_steps": 1, "test_inner_steps": 1})
     assert m["n_meta_updates"] == 9
     assert [e["iteration"] for e in m["learning_curve"]] == [6, 9]
+
+
+def test_plateau_on_a_scripted_sequence():
+    plateau = M.Plateau(patience=2)
+    seen = []
+    for value in (0.5, 0.6, 0.6, 0.7, 0.65, 0.7, 0.69, 0.9):
+        seen.append((plateau.update(value), plateau.reached))
+        if plateau.reached:
+            break
+    # 0.6 again is no improvement (ties keep the earliest); stops at the 2nd miss after 0.7
+    assert seen == [(True, False), (True, False), (False, False), (True, False),
+                    (False, False), (False, True)]
+    assert plateau.best == 0.7
+
+
+def _scripted_evaluation(monkeypatch, val_means, test_means):
+    """evaluate_tasks replaced by scripted accuracies; returns the log of (set, iteration)."""
+    calls, counts = [], {"val": 0, "test": 0}
+
+    def fake(model, params, images_t, tasks, set_name, adaptation, chunk=100):
+        script = val_means if set_name == "val" else test_means
+        value = script[min(counts[set_name], len(script) - 1)]
+        counts[set_name] += 1
+        calls.append(set_name)
+        return np.full(len(tasks[f"{set_name}_support"]), value)
+
+    monkeypatch.setattr(M, "evaluate_tasks", fake)
+    return calls
+
+
+@pytest.mark.parametrize("test_every_evaluation", [False, True])
+def test_early_stopping_selects_on_validation_and_tests_once_after_selection(
+        toy, monkeypatch, test_every_evaluation):
+    images, tasks = toy
+    small = _small(tasks)
+    # validation peaks at the 3rd evaluation; test (if evaluated) peaks elsewhere
+    val = [0.25, 0.5, 0.75, 0.625, 0.75, 0.5, 1.0]  # binary fractions: exact means
+    test = [0.875, 0.125, 0.25, 0.9375, 0.375, 0.5, 0.5625]
+    calls = _scripted_evaluation(monkeypatch, val, test)
+    m, c = M.train_and_evaluate(images, small, method="maml", seed=0, progress=False,
+                                options=dict(TINY, meta_iterations=40, eval_every=2, patience=3,
+                                             test_every_evaluation=test_every_evaluation))
+    assert (m["stopped_by"], m["selected_iteration"], c["iteration"]) == ("plateau", 6, 6)
+    assert m["n_meta_updates"] == 12 < m["max_meta_updates"] == 40  # 6 evaluations, 3 after the best
+    assert m["val_accuracy"] == 0.75 and [e["val_acc"] for e in m["learning_curve"]] == val[:6]
+    if test_every_evaluation:  # the original's number: reported, never selected on
+        assert m["max_test_accuracy_over_evaluations"] == 0.9375
+        assert calls == ["val", "test"] * 6 + ["test"]
+        assert m["accuracy"] == test[6]  # the 7th test call: the selected checkpoint, tested last
+    else:
+        assert calls == ["val"] * 6 + ["test"]  # no test-task evaluation before the selection
+        assert m["accuracy"] == test[0]
+
+
+def test_selected_checkpoint_validation_accuracy_recomputed_independently(toy):
+    images, tasks = toy
+    small = _small(tasks)
+    opts = dict(TINY, meta_iterations=12, eval_every=2, patience=2, test_every_evaluation=True,
+                meta_lr=0.05, inner_lr=0.3)
+    m, c = M.train_and_evaluate(images, small, method="maml", seed=3, progress=False, options=opts)
+    curve = m["learning_curve"]
+    assert m["val_accuracy"] == max(e["val_acc"] for e in curve)
+    assert m["selected_iteration"] == next(e["iteration"] for e in curve if e["val_acc"] == m["val_accuracy"])
+    net = build_network("conv3", n_classes=5, image_size=(28, 28), hidden=opts["hidden"])
+    net.load_state_dict(c["state_dict"])
+    options = M.options_from_config("maml", opts)
+    x = torch.as_tensor(np.asarray(images, np.float32)[:, None])
+    params = dict(net.named_parameters())
+    for set_name, recorded in (("val", m["val_accuracy"]), ("test", m["accuracy"])):
+        accuracy = M.evaluate_tasks(net, params, x, small, set_name, M.adaptation_fn("maml", options))
+        assert accuracy.mean() == pytest.approx(recorded, abs=1e-12), set_name
+
+
+def _plain_sgd(model, params, x, y, *, steps, lr, lam=0.0):
+    """Independent reference of the test-time adaptation: autograd SGD steps on the support
+    cross-entropy (+ lam/2 ||phi - theta||^2)."""
+    phi = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(torch.func.functional_call(model, phi, (x,)), y)
+        loss = loss + 0.5 * lam * sum(((phi[k] - params[k]) ** 2).sum() for k in phi)
+        grads = torch.autograd.grad(loss, list(phi.values()))
+        phi = {k: (v - lr * g).detach().requires_grad_(True) for (k, v), g in zip(phi.items(), grads)}
+    return {k: v.detach() for k, v in phi.items()}
+
+
+@pytest.mark.parametrize("method,extra", [("maml", {}), ("imaml", {"lam": 0.7})])
+def test_test_time_adaptation_uses_the_configured_inner_lr_and_steps(method, extra):
+    model = _tiny_net()
+    params = _params(model)
+    xs, ys, _, _ = _tiny_batch(n_tasks=1)
+    options = (_maml if method == "maml" else _imaml)(inner_lr=0.37, test_inner_steps=3,
+                                                      inner_steps=1, **extra)
+    adapted = M.adaptation_fn(method, options)(model, params, xs[0], ys[0])
+    expected = _plain_sgd(model, params, xs[0], ys[0], steps=3, lr=0.37, lam=extra.get("lam", 0.0))
+    assert _maxdiff(adapted, expected) < 1e-10
+    assert _maxdiff(adapted, params) > 1e-3  # it did adapt
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -11,8 +11,10 @@ from mnk.study.results import (
     paired_differences,
     per_task_table,
     plot_accuracy,
+    learning_curves,
     plot_cost,
     plot_kernel_heatmap,
+    plot_learning_curves,
     plot_paired,
     summarise,
 )
@@ -34,7 +36,11 @@ def _metrics(tmp_path, method, chars, seed, accuracy):
             "ci95_low": accuracy - 0.05, "ci95_high": accuracy + 0.05, "wall_seconds": 10.0 * chars,
             "device": "cpu", "device_name": "cpu (x86_64, 2 cores)", "git_revision": "abc1234",
             "per_task_accuracy": _per_task(method, chars, seed), "test_tasks_id": f"{chars:04d}{seed:08d}",
-            "n_test_tasks": N_TASKS}
+            "n_test_tasks": N_TASKS, "cpu_seconds": 3.0 * chars + seed}
+    if method in ("maml", "imaml"):
+        data.update(selected_iteration=20, stopped_by="plateau", n_meta_updates=40,
+                    learning_curve=[{"iteration": i, "val_acc": 0.5 + 0.01 * min(i, 20) - 0.001 * seed}
+                                    for i in (10, 20, 30, 40)])
     if method == "mnk":
         data.update(kernel={"type": "cntk", "depth": 10, "gap": False, "fix": False, "pad": 0, "standardize": False},
                     kernel_seconds=8.0 * chars)
@@ -65,6 +71,10 @@ def test_summary_has_one_row_per_method_experiment_seed(summary):
     # Sorted: method, then n_characters, then seed.
     assert summary.method.tolist() == sorted(summary.method.tolist())
     assert summary[summary.method == "mnk"].n_characters.tolist() == [5, 5, 10, 10, 20, 20]
+    # the interval over seeds: accuracies 0.70 and 0.71 -> mean 0.705 +- 12.706 * 0.00707 / sqrt(2)
+    half = 12.7062047362 * np.std([0.70, 0.71], ddof=1) / np.sqrt(2)
+    assert (row.seeds_accuracy, row.n_seeds) == (pytest.approx(0.705), 2)
+    assert (row.seeds_ci95_low, row.seeds_ci95_high) == pytest.approx((0.705 - half, 0.705 + half))
 
 
 def test_summary_rejects_incomplete_metrics(tmp_path):
@@ -80,7 +90,8 @@ def test_paired_differences_equal_a_direct_computation(tmp_path):
     assert not lacking and len(per_task) == 3 * 3 * 2 * N_TASKS
     paired = paired_differences(per_task)
     assert list(paired.columns) == ["method", "baseline", "way", "shot", "n_characters", "n_test_tasks",
-                                    "mean_difference", "ci95_low", "ci95_high"]
+                                    "mean_difference", "ci95_low", "ci95_high", "n_seeds", "seeds_ci95_low",
+                                    "seeds_ci95_high"]
     assert len(paired) == 2 * 3 and set(paired.baseline) == {"maml", "imaml"} and set(paired.method) == {"mnk"}
     for row in paired.itertuples():
         d = np.concatenate([np.subtract(_per_task("mnk", row.n_characters, seed),
@@ -89,6 +100,12 @@ def test_paired_differences_equal_a_direct_computation(tmp_path):
         assert row.n_test_tasks == 2 * N_TASKS
         assert row.mean_difference == pytest.approx(d.mean(), abs=1e-12)
         assert (row.ci95_low, row.ci95_high) == pytest.approx((d.mean() - half, d.mean() + half), abs=1e-12)
+        # over seeds: t interval (1 degree of freedom: t = 12.706) of the two seeds' mean differences
+        seed_means = d.reshape(2, N_TASKS).mean(axis=1)
+        half = 12.7062047362 * np.std(seed_means, ddof=1) / np.sqrt(2)
+        assert row.n_seeds == 2
+        assert (row.seeds_ci95_low, row.seeds_ci95_high) == pytest.approx(
+            (seed_means.mean() - half, seed_means.mean() + half), abs=1e-9)
 
 
 def test_pairing_refuses_different_test_tasks(tmp_path):
@@ -112,11 +129,15 @@ def test_figures_are_written_and_non_empty(summary, tmp_path):
     plot_accuracy(summary, per_task, tmp_path / "a.png", tmp_path / "a.pdf")
     plot_paired(paired_differences(per_task), tmp_path / "p.png", tmp_path / "p.pdf")
     plot_cost(summary, tmp_path / "c.png", tmp_path / "c.pdf")
+    curves = learning_curves(_paths(tmp_path / "m"))
+    assert len(curves) == 2 * 3 * 2 * 4 and curves["selected"].sum() == 2 * 3 * 2  # one per run
+    assert (curves[curves["selected"]]["iteration"] == 20).all()
+    plot_learning_curves(curves, summary, tmp_path / "l.png", tmp_path / "l.pdf")
     rng = np.random.default_rng(0)
     features = rng.normal(size=(30, 5))
     gram = features @ features.T + np.eye(30)
     plot_kernel_heatmap(gram, gram**2, tmp_path / "h.png", tmp_path / "h.pdf", base_title="base", meta_title="meta")
-    for name in ("a", "p", "c", "h"):
+    for name in ("a", "p", "c", "h", "l"):
         image = np.asarray(Image.open(tmp_path / f"{name}.png").convert("L"))
         assert image.shape[0] > 300 and image.shape[1] > 300
         assert image.std() > 10  # not a blank canvas

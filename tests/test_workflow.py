@@ -97,12 +97,64 @@ def test_tiny_run_produces_every_output(project):
     summary = (project / "results" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("method,experiment,way,shot,n_characters")
     assert len(summary) == 1 + 5 * 2  # 5 methods (2 without meta-learning) x 2 experiments
-    for figure in ("accuracy", "paired", "cost", "kernel_heatmap"):
+    for figure in ("accuracy", "paired", "cost", "kernel_heatmap", "learning_curves"):
         assert (project / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
     metrics = json.loads((project / "results" / "mnk" / "5way1shot-10char-seed0" / "metrics.json").read_text())
     assert 0.2 < metrics["accuracy"] <= 1.0 and metrics["ci95_low"] <= metrics["accuracy"] <= metrics["ci95_high"]
     for rule_log in ("preprocess_omniglot.log", "make_tasks/5way1shot-5char-seed0.log"):
         assert "wall time" in (project / "logs" / rule_log).read_text()
+
+
+def test_every_row_has_its_measured_cpu_time_and_the_learners_stopping_facts(project):
+    import pandas as pd
+
+    summary = pd.read_csv(project / "results" / "summary.csv")
+    assert (summary["cpu_seconds"] > 0).all()
+    learners = summary[summary["method"].isin(["maml", "imaml"])]
+    assert set(learners["stopped_by"]) <= {"plateau", "budget"}
+    assert (learners["selected_iteration"] <= learners["n_meta_updates"]).all()
+    mnk = summary[summary["method"] == "mnk"].iloc[0]
+    metrics = json.loads((project / "results" / "mnk" / mnk["experiment"] / "metrics.json").read_text())
+    encoder = json.loads((project / "results" / "encoder" / mnk["experiment"] / "cost.json").read_text())
+    # MNK is charged its kernel share, the label encoder and its own solve, each measured
+    assert metrics["encoder_cpu_seconds"] == encoder["cpu_seconds"] > 0
+    assert metrics["kernel_cpu_seconds"] > 0 and metrics["solve_cpu_seconds"] > 0
+    assert mnk["cpu_seconds"] == pytest.approx(
+        metrics["kernel_cpu_seconds"] + metrics["encoder_cpu_seconds"] + metrics["solve_cpu_seconds"])
+    assert metrics["numerics"]["torch_threads"] == 2
+
+
+# What a user's environment may ask of the vector code paths: the pipeline's pinning
+# (mnk.infra.numerics) must make it irrelevant.
+FOREIGN_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2",
+               "MKL_ENABLE_INSTRUCTIONS": "AVX2", "NUMBA_CPU_NAME": "haswell"}
+
+
+def _torch_job_outputs(root: Path) -> dict:
+    """Every torch job's numbers: accuracies, per-task accuracies, the encoder's training history."""
+    out = {}
+    for path in sorted((root / "results").glob("*/*/metrics.json")):
+        m = json.loads(path.read_text())
+        out[str(path.relative_to(root))] = (m["accuracy"], m.get("per_task_accuracy"), m.get("learning_curve"))
+    for path in sorted((root / "results" / "encoder").glob("*/cost.json")):
+        out[str(path.relative_to(root))] = json.loads(path.read_text())["history"]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("environment", [FOREIGN_ISA, {"ATEN_CPU_CAPABILITY": "default", "NUMBA_CPU_NAME": "generic"}])
+def test_torch_and_kernel_jobs_give_the_same_bits_whatever_the_environment_asks(project, tmp_path, environment):
+    rerun = tmp_path / "rerun"
+    shutil.copytree(project, rerun, ignore=shutil.ignore_patterns(".snakemake"))
+    forced = ["kernel_block", "train_encoder", "solve_mnk", "solve_baseline", "train_meta_learner"]
+    snakemake(rerun, "--cores", "2", "--forcerun", *forced, env=environment)
+    log = (rerun / "logs" / "train_maml" / "5way1shot-5char-seed0.log").read_text()
+    assert "maml" in log
+    first, second = _torch_job_outputs(project), _torch_job_outputs(rerun)
+    assert first.keys() == second.keys() and len(first) == 5 * 2 + 2  # 5 methods x 2 experiments, 2 encoders
+    assert first == second
+    per_task = [(project / "results" / "per_task.csv").read_bytes(), (rerun / "results" / "per_task.csv").read_bytes()]
+    assert per_task[0] == per_task[1]
 
 
 def test_assembled_kernel_equals_one_shot_gram(project):

@@ -17,12 +17,13 @@ rule train_meta_learner:
     retries: 1
     conda:
         conda_env("torch", gpu=on_job_device())
-    threads: 1
+    threads: TORCH_THREADS["train_meta_learner"]
     resources:
         gpu=gpu_when(STUDY.device),
         runtime=meta_learner_runtime,
     params:
         code=code_hash("train_meta_learner.py"),
+        threads=TORCH_THREADS["train_meta_learner"],
         options=learner_params,
         experiment=experiment,
         device=run_setting(STUDY.device),

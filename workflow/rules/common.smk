@@ -36,6 +36,14 @@ TEST_TASKS = STUDY.test_tasks
 BASELINES = ["kernel_regression", "prototypes"]
 METHODS = ["mnk", *BASELINES, *STUDY.enabled]
 KERNEL_IDENTITY = plan.kernel_identity(STUDY)
+# Torch threads of each rule's job: a fixed number, given as a param too, so that the
+# results never depend on how many cores a run has (float sums split by threads).
+TORCH_THREADS = {
+    "train_encoder": 2,
+    "solve_mnk": 2,
+    "solve_baseline": 1,
+    "train_meta_learner": 1,
+}
 
 
 wildcard_constraints:
@@ -163,10 +171,15 @@ def run_setting(value):
     return lambda wildcards, resources: value
 
 
-def encoder_input(wildcards):
-    if "encoder" in STUDY.mnk.targets:
-        return f"results/encoder/{wildcards.exp}/encoder.pt"
-    return []
+def encoder_files(exp):
+    """The label encoder of an experiment and its cost.json (measured CPU time)."""
+    folder = f"results/encoder/{exp}"
+    return {"encoder": f"{folder}/encoder.pt", "encoder_cost": f"{folder}/cost.json"}
+
+
+def encoder_inputs(wildcards):
+    """solve_mnk reads the encoder only when the grid has encoder targets."""
+    return encoder_files(wildcards.exp) if "encoder" in STUDY.mnk.targets else {}
 
 
 def baseline_inputs(wildcards):
@@ -174,7 +187,7 @@ def baseline_inputs(wildcards):
     if wildcards.method == "kernel_regression":
         return {"kernel": f"results/kernels/{wildcards.exp}/kernel.npz"}
     return {
-        "encoder": f"results/encoder/{wildcards.exp}/encoder.pt",
+        **encoder_files(wildcards.exp),
         "images": f"results/tasks/{wildcards.exp}/images.npz",
     }
 

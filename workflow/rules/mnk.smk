@@ -6,18 +6,20 @@ rule train_encoder:
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
     output:
-        "results/encoder/{exp}/encoder.pt",
+        encoder="results/encoder/{exp}/encoder.pt",
+        cost="results/encoder/{exp}/cost.json",
     log:
         "logs/train_encoder/{exp}.log",
     benchmark:
         "results/benchmarks/train_encoder/{exp}.tsv"
     conda:
         conda_env("torch", gpu=on_job_device())
-    threads: 2
+    threads: TORCH_THREADS["train_encoder"]
     resources:
         gpu=gpu_when(STUDY.device),
     params:
         code=code_hash("train_encoder.py"),
+        threads=TORCH_THREADS["train_encoder"],
         encoder=canonical(STUDY.encoder.params()),
         seed=lambda wildcards: experiment(wildcards)["seed"],
         device=run_setting(STUDY.device),
@@ -27,10 +29,10 @@ rule train_encoder:
 
 rule solve_mnk:
     input:
+        unpack(encoder_inputs),
         kernel="results/kernels/{exp}/kernel.npz",
         tasks="results/tasks/{exp}/tasks.npz",
         images="results/tasks/{exp}/images.npz",
-        encoder=encoder_input,
     output:
         metrics="results/mnk/{exp}/metrics.json",
         predictions="results/mnk/{exp}/predictions.npz",
@@ -42,12 +44,13 @@ rule solve_mnk:
     retries: 1
     conda:
         conda_env("torch", gpu=on_job_device())
-    threads: 2
+    threads: TORCH_THREADS["solve_mnk"]
     resources:
         gpu=gpu_when(STUDY.device),
         mem_mb=experiment_mem_mb,
     params:
         code=code_hash("solve_mnk.py"),
+        threads=TORCH_THREADS["solve_mnk"],
         mnk=canonical(STUDY.mnk.params()),
         kernel=kernel_params,
         experiment=experiment,
@@ -71,12 +74,13 @@ rule solve_baseline:
         method="|".join(BASELINES),
     conda:
         conda_env("torch", gpu=on_job_device())
-    threads: 1
+    threads: TORCH_THREADS["solve_baseline"]
     resources:
         gpu=gpu_when(STUDY.device),
         mem_mb=experiment_mem_mb,
     params:
         code=code_hash("solve_baseline.py"),
+        threads=TORCH_THREADS["solve_baseline"],
         mnk=canonical(STUDY.mnk.params()),
         encoder=canonical(STUDY.encoder.params()),
         kernel=kernel_params,

@@ -11,6 +11,7 @@ rule aggregate:
             category="Summary",
         ),
         per_task="results/per_task.csv",
+        learning_curves="results/learning_curves.csv",
         paired=report(
             "results/paired.csv",
             caption="../report/paired_table.rst",
@@ -33,6 +34,7 @@ rule figures:
         summary="results/summary.csv",
         per_task="results/per_task.csv",
         paired="results/paired.csv",
+        learning_curves="results/learning_curves.csv",
         heatmap=f"results/mnk/{experiment_ids()[-1]}/heatmap.npz",
     output:
         accuracy=report(
@@ -53,6 +55,12 @@ rule figures:
             category="Figures",
         ),
         cost_pdf="results/figures/cost.pdf",
+        learning=report(
+            "results/figures/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Figures",
+        ),
+        learning_pdf="results/figures/learning_curves.pdf",
         heatmap=report(
             "results/figures/kernel_heatmap.png",
             caption="../report/kernel_heatmap.rst",

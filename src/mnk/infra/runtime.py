@@ -151,6 +151,11 @@ def logged_run(log_path: str | os.PathLike | None, name: str):
                 stream.close()
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all its threads (numba's and torch's too), in seconds."""
+    return time.process_time()
+
+
 def resolve_device(requested: str = "auto") -> str:
     """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; 'cuda' without a GPU is an error."""
     import torch

@@ -24,11 +24,14 @@ fresh tasks for every meta-batch from the experiment's training characters: `way
 random characters, a random support/query split of each character's images, labels in
 the order drawn. ``fixed`` samples meta-batches from the experiment's fixed task set.
 
-Model selection is honest: every ``eval_every`` meta-updates (epochs when ``epochs`` is
-set) the model is evaluated on the validation tasks and on the test tasks; the
-checkpoint with the best validation accuracy is selected and *its* test accuracy is
-reported (``accuracy``). The original code's number, the maximum test accuracy over all
-evaluations, is recorded separately as ``max_test_accuracy_over_evaluations``.
+Training stops at the validation plateau and selection is honest: every ``eval_every``
+meta-updates (epochs when ``epochs`` is set) the model is evaluated on the validation tasks
+only; training stops once ``patience`` evaluations in a row have not beaten the best
+validation accuracy (``stopped_by: plateau``), or at the maximum budget (``budget``). The
+best-on-validation checkpoint is selected and the test tasks are evaluated once, at it
+(``accuracy``). Only with ``test_every_evaluation`` (config/original.yaml) are the test tasks
+also evaluated at every evaluation, for the original code's number, the maximum test accuracy
+over evaluations (``max_test_accuracy_over_evaluations``), never used for selection.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ __all__ = [
     "training_images_by_character",
     "resample_tasks",
     "TaskSampler",
+    "Plateau",
 ]
 
 TASK_KEYS = ("support", "query", "support_labels", "query_labels")
@@ -449,6 +453,26 @@ def _check_inputs(images, tasks) -> np.ndarray:
     return images
 
 
+class Plateau:
+    """Early stopping: the best value so far, and whether `patience` evaluations in a row
+    have not beaten it (strictly; ties keep the earliest)."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.since_best = patience, -math.inf, 0
+
+    def update(self, value: float) -> bool:
+        """Record one evaluation; True when it is the new best."""
+        if value > self.best:
+            self.best, self.since_best = value, 0
+            return True
+        self.since_best += 1
+        return False
+
+    @property
+    def reached(self) -> bool:
+        return self.since_best >= self.patience
+
+
 @dataclass
 class _Run:
     """Everything one training run carries from step to step."""
@@ -462,17 +486,23 @@ class _Run:
     sampler: TaskSampler
     meta_gradient: Callable
     adaptation: Callable
-    n_updates: int
+    max_updates: int
     eval_interval: int
     say: Callable
+    plateau: Plateau
+    n_updates: int = 0  # meta-updates done
     curve: list = dataclasses.field(default_factory=list)
-    best: tuple | None = None  # (val_acc, iteration, state_dict, per-task test accuracy)
-    max_test: tuple | None = None  # (test_acc, iteration)
+    best: tuple | None = None  # (val_acc, iteration, state_dict)
+    max_test: tuple | None = None  # (test_acc, iteration), with test_every_evaluation only
     running: list = dataclasses.field(default_factory=list)  # (loss, acc) since last eval
 
     @property
     def n_val(self) -> int:
         return len(self.tasks["val_support"])
+
+    @property
+    def stopped_by(self) -> str:
+        return "plateau" if self.n_val and self.plateau.reached else "budget"
 
 
 def _start_run(images, tasks, method, options, seed, device, say) -> _Run:
@@ -488,8 +518,9 @@ def _start_run(images, tasks, method, options, seed, device, say) -> _Run:
         images_t=images_t, tasks=tasks, sampler=sampler,
         meta_gradient=meta_gradient_fn(method, options),
         adaptation=adaptation_fn(method, options),
-        n_updates=options.n_updates(sampler.n_characters),
+        max_updates=options.n_updates(sampler.n_characters),
         eval_interval=options.eval_interval(sampler.n_characters), say=say,
+        plateau=Plateau(options.patience),
     )
 
 
@@ -505,34 +536,58 @@ def _meta_update(run: _Run, iteration: int) -> None:
     if not math.isfinite(loss):
         raise FloatingPointError(f"{run.method}: non-finite meta-loss at meta-update {iteration}")
     run.running.append((loss, acc))
+    run.n_updates = iteration
+
+
+def _task_accuracy(run: _Run, set_name: str) -> np.ndarray:
+    """Per-task accuracy of the current model on `set_name` ("val" or "test")."""
+    params = {k: v.detach() for k, v in run.model.named_parameters()}
+    return evaluate_tasks(run.model, params, run.images_t, run.tasks, set_name, run.adaptation,
+                          chunk=run.options.eval_chunk)
 
 
 def _evaluate(run: _Run, iteration: int) -> None:
-    """Validation and test accuracy of the current model; keep the best-on-validation one."""
-    params = {k: v.detach() for k, v in run.model.named_parameters()}
+    """Validation accuracy of the current model; keep the best-on-validation checkpoint.
 
-    def accuracy(set_name):
-        return evaluate_tasks(run.model, params, run.images_t, run.tasks, set_name,
-                              run.adaptation, chunk=run.options.eval_chunk)
-
-    val_acc = float(accuracy("val").mean()) if run.n_val else None
-    test_acc = accuracy("test")
+    The test tasks are not evaluated here unless `test_every_evaluation` asks for the
+    original's max-over-evaluations number, which never enters the selection."""
+    val_acc = float(_task_accuracy(run, "val").mean()) if run.n_val else None
     loss, acc = np.mean(run.running, axis=0) if run.running else (math.nan, math.nan)
-    entry = {"iteration": iteration, "train_loss": float(loss), "train_acc": float(acc),
-             "val_acc": val_acc, "test_acc": float(test_acc.mean())}
+    entry = {"iteration": iteration, "train_loss": float(loss), "train_acc": float(acc), "val_acc": val_acc}
+    if run.options.test_every_evaluation:
+        entry["test_acc"] = float(_task_accuracy(run, "test").mean())
+        if run.max_test is None or entry["test_acc"] > run.max_test[0]:
+            run.max_test = (entry["test_acc"], iteration)
     run.curve.append(entry)
     run.running.clear()
     run.say(f"{run.method} update {iteration}: train loss {loss:.4f} acc {acc:.4f} | val "
-            f"{val_acc if run.n_val else float('nan'):.4f} | test {entry['test_acc']:.4f}")
-    if run.best is None or not run.n_val or val_acc > run.best[0]:
+            f"{val_acc if run.n_val else float('nan'):.4f}"
+            + (f" | test {entry['test_acc']:.4f}" if "test_acc" in entry else ""))
+    if run.plateau.update(val_acc if run.n_val else iteration):  # no validation: the last
         state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
-        run.best = (val_acc, iteration, state, test_acc)
-    if run.max_test is None or entry["test_acc"] > run.max_test[0]:
-        run.max_test = (entry["test_acc"], iteration)
+        run.best = (val_acc, iteration, state)
 
 
-def _metrics(run: _Run, seed: int, wall_seconds: float) -> dict:
-    val_best, selected, _, test_acc = run.best
+def _train(run: _Run, bar) -> None:
+    """Meta-updates until the validation plateau or the maximum budget."""
+    for iteration in range(1, run.max_updates + 1):
+        _meta_update(run, iteration)
+        if bar is not None:
+            bar.update(1)
+        if iteration % run.eval_interval == 0 or iteration == run.max_updates:
+            _evaluate(run, iteration)
+            if run.n_val and run.plateau.reached:
+                return
+
+
+def _test_selected(run: _Run) -> np.ndarray:
+    """The selected checkpoint's per-task test accuracy: the one test-task evaluation."""
+    run.model.load_state_dict(run.best[2])
+    return _task_accuracy(run, "test")
+
+
+def _metrics(run: _Run, test_acc: np.ndarray, seed: int, wall_seconds: float) -> dict:
+    val_best, selected, _ = run.best
     ci = accuracy_ci(test_acc)
     tasks, dev = run.tasks, run.images_t.device
     selection = ("checkpoint with the best mean validation-task accuracy (ties: earliest)"
@@ -544,13 +599,16 @@ def _metrics(run: _Run, seed: int, wall_seconds: float) -> dict:
         "per_task_accuracy": [float(a) for a in test_acc],
         "test_tasks_id": str(tasks["test_tasks_id"]) if "test_tasks_id" in tasks else None,
         "task_sampling": run.options.task_sampling,
-        "model_selection": selection + "; accuracy/ci95 are that checkpoint's test accuracy",
+        "model_selection": selection + "; accuracy/ci95 are that checkpoint's test accuracy, "
+                           "the only test-task evaluation used",
         "selected_iteration": selected,
+        "stopped_by": run.stopped_by,
         "val_accuracy": val_best,
         "n_val_tasks": run.n_val,
-        "max_test_accuracy_over_evaluations": run.max_test[0],  # the original's number
-        "max_test_accuracy_iteration": run.max_test[1],
+        "max_test_accuracy_over_evaluations": run.max_test[0] if run.max_test else None,  # the original's
+        "max_test_accuracy_iteration": run.max_test[1] if run.max_test else None,
         "n_meta_updates": run.n_updates,
+        "max_meta_updates": run.max_updates,
         "meta_batch_size": run.sampler.meta_batch,
         "n_characters": run.sampler.n_characters,
         "n_train_tasks": len(tasks["train_support"]),
@@ -559,6 +617,7 @@ def _metrics(run: _Run, seed: int, wall_seconds: float) -> dict:
         "query": _scalar(tasks, "query") if "query" in tasks else None,
         "seed": int(seed),
         "options": dataclasses.asdict(run.options),
+        "n_parameters": sum(p.numel() for p in run.model.parameters()),
         "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "torch_version": torch.__version__,
         "wall_seconds": wall_seconds,
@@ -584,25 +643,22 @@ def train_and_evaluate(images: np.ndarray, tasks: Mapping, *, method: str, optio
     options = _as_options(method, options)
     say = _logger(log)
     run = _start_run(_check_inputs(images, tasks), tasks, method, options, seed, device, say)
-    say(f"{method}: {run.n_updates} meta-updates of {run.sampler.meta_batch} "
+    say(f"{method}: at most {run.max_updates} meta-updates (patience {options.patience} "
+        f"evaluations of every {run.eval_interval}) of {run.sampler.meta_batch} "
         f"{options.task_sampling} tasks from {run.sampler.n_characters} characters, "
         f"{sum(p.numel() for p in run.model.parameters())} parameters, options "
         f"{dataclasses.asdict(options)}")
     if not run.n_val:
         say(f"{method}: no validation tasks: the LAST evaluation's checkpoint is selected")
-    bar = progress_bar(run.n_updates, method, "update") if progress else None
-    for iteration in range(1, run.n_updates + 1):
-        _meta_update(run, iteration)
-        if bar is not None:
-            bar.update(1)
-        if iteration % run.eval_interval == 0 or iteration == run.n_updates:
-            _evaluate(run, iteration)
+    bar = progress_bar(run.max_updates, method, "update") if progress else None
+    _train(run, bar)
     if bar is not None:
         bar.close()
-    metrics = _metrics(run, seed, time.perf_counter() - t_start)
+    test_acc = _test_selected(run)
+    metrics = _metrics(run, test_acc, seed, time.perf_counter() - t_start)
     say(f"{method}: selected update {metrics['selected_iteration']} (val "
         f"{metrics['val_accuracy'] if run.n_val else float('nan'):.4f}): test "
         f"{metrics['accuracy']:.4f} [{metrics['ci95_low']:.4f}, {metrics['ci95_high']:.4f}] "
-        f"over {metrics['n_tasks']} tasks; max test over evaluations "
-        f"{metrics['max_test_accuracy_over_evaluations']:.4f}")
+        f"over {metrics['n_tasks']} tasks; stopped by {metrics['stopped_by']} after "
+        f"{metrics['n_meta_updates']} of at most {metrics['max_meta_updates']} meta-updates")
     return metrics, _checkpoint(run)

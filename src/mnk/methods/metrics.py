@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["accuracy_ci", "per_task_accuracy"]
+__all__ = ["accuracy_ci", "per_task_accuracy", "seed_ci"]
 
 Z95 = 1.96
 
@@ -54,3 +54,21 @@ def accuracy_ci(per_task_accuracy) -> dict:
         "ci95_high": mean + half,
         "n_tasks": n,
     }
+
+
+def seed_ci(seed_means) -> dict:
+    """Mean over seeds with a Student-t 95% interval over the seed means.
+
+    Each seed has its own training run AND its own test tasks, so this interval holds both
+    sources of variation (training variance, test-task sampling), unlike :func:`accuracy_ci`
+    over pooled test tasks. Returns ``dict(mean, ci95_low, ci95_high, n_seeds)``; with one
+    seed the interval is undefined (NaN).
+    """
+    from scipy.stats import t
+
+    means = np.asarray(seed_means, dtype=np.float64).ravel()
+    if means.size == 0 or not np.all(np.isfinite(means)):
+        raise ValueError("seed_ci: no seeds, or non-finite seed means")
+    n, mean = int(means.size), float(means.mean())
+    half = float(t.ppf(0.975, n - 1) * means.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half, "n_seeds": n}

@@ -31,8 +31,9 @@ class _MetaLearnerOptions:
     section: ClassVar[str] = "options"
     network: str = "conv3"
     hidden: int = 64  # channels of every conv layer
-    # Budget: exactly one of `meta_iterations` (meta-updates) and `epochs` (the original:
-    # an epoch is n_characters // meta_batch meta-updates, or one with epoch_updates "last").
+    # The MAXIMUM budget: exactly one of `meta_iterations` (meta-updates) and `epochs` (the
+    # original: an epoch is n_characters // meta_batch meta-updates, or one with
+    # epoch_updates "last"). Training stops earlier, at the validation plateau (`patience`).
     meta_iterations: int | None = None
     epochs: int | None = 200
     epoch_updates: str = "all"
@@ -42,6 +43,12 @@ class _MetaLearnerOptions:
     inner_lr: float = 0.1
     test_inner_steps: int = 5
     eval_every: int = 5  # meta-updates, or epochs when `epochs` is set
+    # Early stopping: stop once `patience` evaluations in a row did not beat the best
+    # validation accuracy so far (strictly); the best checkpoint is then tested, once.
+    patience: int = 5
+    # The original's number: test accuracy at EVERY evaluation, reported as the maximum
+    # over evaluations next to the honest one (config/original.yaml only; costs test passes).
+    test_every_evaluation: bool = False
     eval_chunk: int = 100  # tasks per vmap call at evaluation (memory knob only)
     # "vmap" (torch.func.vmap over the tasks of a meta-batch) or "loop" (plain per-task
     # loop; same gradient up to rounding; see BENCHMARKS.md for which is faster where).
@@ -57,7 +64,7 @@ class _MetaLearnerOptions:
     def _validate(self) -> None:
         k = self._key
         require(self.network in NETWORKS, k("network"), f"one of {NETWORKS}", self.network)
-        for name in ("hidden", "eval_every", "eval_chunk"):
+        for name in ("hidden", "eval_every", "eval_chunk", "patience"):
             value = getattr(self, name)
             require(is_int(value) and value >= 1, k(name), "an integer >= 1", value)
         for name in ("inner_steps", "test_inner_steps"):
@@ -74,6 +81,8 @@ class _MetaLearnerOptions:
             value = getattr(self, name)
             require(value is None or (is_int(value) and value >= 1), k(name),
                      "an integer >= 1", value)
+        require(is_bool(self.test_every_evaluation), k("test_every_evaluation"), "true or false",
+                self.test_every_evaluation)
         mb = self.meta_batch_size
         require(mb == "auto" or (is_int(mb) and mb >= 1), k("meta_batch_size"),
                  "an integer >= 1 or 'auto'", mb)
@@ -94,6 +103,7 @@ class _MetaLearnerOptions:
         return max(1, n_characters // self.meta_batch(n_characters))
 
     def n_updates(self, n_characters: int) -> int:
+        """The maximum number of meta-updates (training stops earlier at the plateau)."""
         if self.epochs is None:
             return int(self.meta_iterations)
         return int(self.epochs) * self.updates_per_epoch(n_characters)

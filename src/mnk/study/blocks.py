@@ -60,7 +60,7 @@ def block_identity(pool: PoolPlan, block: Block, pool_ids, identity: dict) -> di
             "reference_images": image_ids_hash(pool_ids[: pool.val_start]), "kernel": short_hash(identity)}
 
 
-def write_block(path, values, identity: dict, seconds: float = 0.0) -> None:
+def write_block(path, values, identity: dict, seconds: float = 0.0, cpu_seconds: float = 0.0) -> None:
     from mnk.infra.io import save_npz
 
     bad = ~np.isfinite(values)
@@ -70,7 +70,8 @@ def write_block(path, values, identity: dict, seconds: float = 0.0) -> None:
             f"kernel block {identity['block']} has {int(bad.sum())} non-finite values (first at "
             f"{tuple(int(i) for i in where)}); not writing it"
         )
-    save_npz(path, values=values, identity=np.array(json.dumps(identity, sort_keys=True)), seconds=np.float64(seconds))
+    save_npz(path, values=values, identity=np.array(json.dumps(identity, sort_keys=True)), seconds=np.float64(seconds),
+             cpu_seconds=np.float64(cpu_seconds))
 
 
 def read_block(path, expected: dict) -> dict:
@@ -128,21 +129,22 @@ def _place(K, computed, pool, n_train, block: Block, values) -> float:
 
 def gather(pool: PoolPlan, n_characters: int, block_paths, pool_ids, identity: dict):
     """An experiment's kernel over its local images from the pool's blocks:
-    (K, computed, block_seconds) in the format solve_mnk reads. block_seconds: each block's
-    compute time times the fraction of its entries this experiment uses."""
+    (K, computed, block_seconds, block_cpu_seconds) in the format solve_mnk reads: each block's
+    compute time (wall, CPU) times the fraction of its entries this experiment uses."""
     paths = {Path(p).stem: p for p in block_paths}
     n_train = pool.n_train_images(n_characters)
     n_local = n_train + pool.n_images - pool.val_start
     K = np.zeros((n_local, n_local))
     computed = np.zeros((n_local, n_local), dtype=bool)
-    seconds = []
+    seconds, cpu = [], []
     for block in pool.experiment_blocks(n_characters):
         if block.name not in paths:
             raise ValueError(f"kernel block {block.name} of {pool.name} is missing from the inputs")
         values = read_block(paths[block.name], block_identity(pool, block, pool_ids, identity))
         used = _place(K, computed, pool, n_train, block, values["values"])
         seconds.append(float(values["seconds"]) * used)
-    return K, computed, np.asarray(seconds)
+        cpu.append(float(values["cpu_seconds"]) * used if "cpu_seconds" in values else np.nan)
+    return K, computed, np.asarray(seconds), np.asarray(cpu)
 
 
 def check_computed(computed, tasks: dict, where: str) -> None:

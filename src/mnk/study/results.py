@@ -10,13 +10,18 @@ import pandas as pd
 
 SUMMARY_COLUMNS = [
     "method", "experiment", "way", "shot", "n_characters", "n_train_tasks", "seed",
-    "accuracy", "ci95_low", "ci95_high", "n_test_tasks", "test_tasks", "test_tasks_id", "selected", "wall_seconds",
-    "kernel_seconds", "device", "device_name", "kernel", "git_revision", "config_hash",
+    "accuracy", "ci95_low", "ci95_high", "n_test_tasks",
+    "seeds_accuracy", "seeds_ci95_low", "seeds_ci95_high", "n_seeds",
+    "test_tasks", "test_tasks_id", "selected", "stopped_by", "selected_iteration", "n_meta_updates",
+    "cpu_seconds", "wall_seconds", "kernel_seconds", "device", "device_name", "kernel", "git_revision", "config_hash",
 ]
+# Columns of a summary row computed over the seeds of its method and setting, not read.
+SEED_COLUMNS = ["seeds_accuracy", "seeds_ci95_low", "seeds_ci95_high", "n_seeds"]
+CURVE_COLUMNS = ["method", "experiment", "n_characters", "seed", "iteration", "val_acc", "selected"]
 PER_TASK_COLUMNS = ["method", "experiment", "way", "shot", "n_characters", "seed", "test_tasks_id", "task",
                     "accuracy"]
 PAIRED_COLUMNS = ["method", "baseline", "way", "shot", "n_characters", "n_test_tasks", "mean_difference",
-                  "ci95_low", "ci95_high"]
+                  "ci95_low", "ci95_high", "n_seeds", "seeds_ci95_low", "seeds_ci95_high"]
 METHOD_LABELS = {"mnk": "MNK", "maml": "MAML", "imaml": "iMAML",
                  "kernel_regression": "kernel regression (no meta)", "prototypes": "prototypes (no meta)"}
 METHOD_ORDER = [METHOD_LABELS[m] for m in ("mnk", "maml", "imaml", "kernel_regression", "prototypes")]
@@ -53,7 +58,31 @@ def summarise(metrics_paths, config_hash: str = "", test_tasks: str = "sampled")
             "test_tasks": test_tasks,
         })
     frame = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    return frame.sort_values(["method", "way", "shot", "n_characters", "seed"], ignore_index=True)
+    return _with_seed_intervals(frame.sort_values(["method", "way", "shot", "n_characters", "seed"],
+                                                  ignore_index=True))
+
+
+def _with_seed_intervals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each row gets its method and setting's mean over seeds with the t interval over the
+    seed means (mnk.methods.metrics.seed_ci): training variance and test tasks together."""
+    from mnk.methods.metrics import seed_ci
+
+    for _, group in frame.groupby(["method", "way", "shot", "n_characters"], sort=False):
+        ci = seed_ci(group["accuracy"].to_numpy(float))
+        frame.loc[group.index, SEED_COLUMNS] = [ci["mean"], ci["ci95_low"], ci["ci95_high"], ci["n_seeds"]]
+    return frame
+
+
+def learning_curves(metrics_paths) -> pd.DataFrame:
+    """Every meta-learner run's validation curve (one row per evaluation), the selected one marked."""
+    rows = []
+    for path in metrics_paths:
+        metrics = _read_metrics(path)
+        for entry in metrics.get("learning_curve") or []:
+            rows.append({**{key: metrics.get(key) for key in CURVE_COLUMNS[:4]}, "iteration": entry["iteration"],
+                         "val_acc": entry["val_acc"],
+                         "selected": entry["iteration"] == metrics.get("selected_iteration")})
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
 
 
 def per_task_table(metrics_paths) -> tuple[pd.DataFrame, list[str]]:
@@ -80,13 +109,14 @@ def _seed_differences(ref: pd.DataFrame, other: pd.DataFrame, what: str) -> np.n
 
 
 def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
-    """Per-test-task differences reference - baseline, seeds pooled, mean and 95% CI.
+    """Per-test-task differences reference - baseline, seeds pooled, mean and 95% CI; and the
+    t interval over the seeds' mean differences (training variance included: `seeds_ci95_*`).
 
     Pairs only experiments present for both methods, and refuses (ValueError) a pair whose
     test tasks differ (test_tasks_id or count). The interval is mnk.methods.metrics.accuracy_ci's
     normal interval over the pooled differences.
     """
-    from mnk.methods.metrics import accuracy_ci
+    from mnk.methods.metrics import accuracy_ci, seed_ci
 
     rows = []
     for (way, shot, chars), group in per_task.groupby(["way", "shot", "n_characters"], sort=True):
@@ -96,14 +126,16 @@ def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE) -> pd
             seeds = sorted(set(ref["seed"]) & set(other["seed"]))
             if not seeds:
                 continue
-            diffs = np.concatenate([
+            by_seed = [
                 _seed_differences(ref[ref["seed"] == seed], other[other["seed"] == seed],
                                   f"{reference} and {baseline} at {way}-way {shot}-shot {chars} characters seed {seed}")
-                for seed in seeds])
-            ci = accuracy_ci(diffs)
+                for seed in seeds]
+            ci = accuracy_ci(np.concatenate(by_seed))
+            over_seeds = seed_ci([d.mean() for d in by_seed])
             rows.append({"method": reference, "baseline": baseline, "way": way, "shot": shot, "n_characters": chars,
                          "n_test_tasks": ci["n_tasks"], "mean_difference": ci["accuracy"],
-                         "ci95_low": ci["ci95_low"], "ci95_high": ci["ci95_high"]})
+                         "ci95_low": ci["ci95_low"], "ci95_high": ci["ci95_high"], "n_seeds": over_seeds["n_seeds"],
+                         "seeds_ci95_low": over_seeds["ci95_low"], "seeds_ci95_high": over_seeds["ci95_high"]})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
@@ -165,10 +197,11 @@ def _characters_axis(ax, characters) -> None:
 def plot_accuracy(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> None:
     """Test accuracy against training characters, per (way, shot).
 
-    Per method: the mean over all test tasks of all seeds with its per-task 95% interval
-    (mnk.methods.metrics.accuracy_ci over the pooled tasks), and one small point per seed (that
-    seed's mean); a dashed line at chance (1 / way). Methods without per-task
-    accuracies get their seed points only.
+    Per method: the mean over all test tasks of all seeds with two 95% intervals: the
+    per-task one (mnk.methods.metrics.accuracy_ci over the pooled tasks; thick, capped) and
+    the seed-and-task one (t over the seed means, mnk.methods.metrics.seed_ci; thin line), and
+    one small point per seed (that seed's mean); a dashed line at chance (1 / way). Methods
+    without per-task accuracies get their seed points only.
     """
     _style()
     import matplotlib.pyplot as plt
@@ -194,8 +227,9 @@ def plot_accuracy(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> No
                 mean = np.array([cis[c]["accuracy"] for c in sorted(cis)])
                 err = np.array([[m - cis[c]["ci95_low"], cis[c]["ci95_high"] - m] for c, m in zip(sorted(cis), mean)]).T
                 n = sorted({cis[c]["n_tasks"] for c in cis})
-                ax.errorbar(_dodge(i, len(methods), x), mean, yerr=err, color=color, marker="o", capsize=3,
+                ax.errorbar(_dodge(i, len(methods), x), mean, yerr=err, color=color, marker="o", capsize=3, lw=2,
                             label=f"{METHOD_LABELS.get(method, method)} (CI over {'/'.join(map(str, n))} tasks)")
+                _seed_interval(ax, _dodge(i, len(methods), x), seeds, sorted(cis), color)
             else:
                 label = f"{METHOD_LABELS.get(method, method)} (seed means only)"
                 means = seeds.groupby("n_characters")["accuracy"].mean()
@@ -208,14 +242,22 @@ def plot_accuracy(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> No
         _percent_axis(ax)
         ax.set(xlabel="training characters", ylabel="test accuracy", title=f"{way}-way {shot}-shot")
     _ordered_legend(axes[0][-1])
-    fig.suptitle("Omniglot test accuracy: mean over test tasks (all seeds), per-task 95% CI; dots: seeds",
-                 y=1.02)
+    fig.suptitle("Omniglot test accuracy: mean over test tasks (all seeds); capped bars: per-task 95% CI; "
+                 "thin lines: 95% CI over seeds (training variance and test tasks); dots: seeds", y=1.02)
     _save(fig, png, pdf)
     plt.close(fig)
 
 
+def _seed_interval(ax, x, rows: pd.DataFrame, characters, color) -> None:
+    """The t interval over seeds (summary's seeds_ci95_*) as thin vertical lines at x."""
+    first = rows.groupby("n_characters")[["seeds_ci95_low", "seeds_ci95_high"]].first()
+    first = first.reindex(characters)
+    ax.vlines(x, first["seeds_ci95_low"], first["seeds_ci95_high"], color=color, lw=0.9, alpha=0.8)
+
+
 def plot_paired(paired: pd.DataFrame, png, pdf) -> None:
-    """Paired per-test-task difference MNK - baseline with its 95% CI, and the zero line."""
+    """Paired per-test-task difference MNK - baseline with its two 95% CIs (per task, capped;
+    over seeds, thin), and the zero line."""
     _style()
     import matplotlib.pyplot as plt
 
@@ -231,9 +273,11 @@ def plot_paired(paired: pd.DataFrame, png, pdf) -> None:
             mean = r["mean_difference"].to_numpy()
             err = np.vstack([mean - r["ci95_low"].to_numpy(), r["ci95_high"].to_numpy() - mean])
             n = "/".join(map(str, sorted(set(r["n_test_tasks"]))))
-            ax.errorbar(_dodge(i, len(baselines), r["n_characters"].to_numpy(float)), mean, yerr=err,
-                        color=_color(baseline, i), marker="o", capsize=3,
+            x = _dodge(i, len(baselines), r["n_characters"].to_numpy(float))
+            ax.errorbar(x, mean, yerr=err, color=_color(baseline, i), marker="o", capsize=3, lw=2,
                         label=f"MNK - {METHOD_LABELS.get(baseline, baseline)} ({n} tasks)")
+            if "seeds_ci95_low" in r:
+                ax.vlines(x, r["seeds_ci95_low"], r["seeds_ci95_high"], color=_color(baseline, i), lw=0.9)
         ax.axhline(0.0, color="black", lw=1)
         if len(rows):
             _characters_axis(ax, sorted(rows["n_characters"].unique()))
@@ -243,8 +287,8 @@ def plot_paired(paired: pd.DataFrame, png, pdf) -> None:
                title=f"{way}-way {shot}-shot" if way else "no pairs")
     if baselines:
         _ordered_legend(axes[0][-1])
-    fig.suptitle("Paired differences on the same test tasks (seeds pooled), 95% CI; above 0: MNK better",
-                 y=1.02)
+    fig.suptitle("Paired differences on the same test tasks; capped bars: per-task 95% CI (seeds pooled); "
+                 "thin lines: 95% CI over seeds; above 0: MNK better", y=1.02)
     _save(fig, png, pdf)
     plt.close(fig)
 
@@ -269,13 +313,13 @@ def _log_axis(axis, values=None) -> None:
 
 
 def plot_cost(summary: pd.DataFrame, png, pdf) -> None:
-    """Wall time of each method, and of MNK's kernel stage, against training tasks (log-log)."""
+    """Measured CPU time of each method (its kernel share, encoder and solve, or its training)
+    against training tasks (log-log)."""
     _style()
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    curves = [(m, summary[summary["method"] == m], "wall_seconds", "-") for m in _methods(summary)]
-    curves.append(("MNK kernel stage", summary[summary["method"] == "mnk"], "kernel_seconds", "--"))
+    curves = [(m, summary[summary["method"] == m], "cpu_seconds", "-") for m in _methods(summary)]
     for i, (method, rows, column, style) in enumerate(curves):
         mean = rows.groupby("n_train_tasks")[column].mean().dropna()
         if mean.empty:
@@ -283,8 +327,8 @@ def plot_cost(summary: pd.DataFrame, png, pdf) -> None:
         color = "black" if style == "--" else _color(method, i)
         ax.plot(mean.index, mean.to_numpy(), style, marker="o", ms=4, color=color,
                 label=METHOD_LABELS.get(method, method))
-    ax.set(xscale="log", yscale="log", xlabel="training tasks", ylabel="wall time per experiment (s)",
-           title="Compute cost per experiment (mean over seeds)")
+    ax.set(xscale="log", yscale="log", xlabel="training tasks", ylabel="CPU seconds per experiment",
+           title="Compute per experiment, measured (mean over seeds)")
     _log_axis(ax.xaxis, summary["n_train_tasks"].to_numpy(float))
     _log_axis(ax.yaxis)
     ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
@@ -302,5 +346,47 @@ def plot_kernel_heatmap(base: np.ndarray, meta: np.ndarray, png, pdf, *, base_ti
         sns.heatmap(matrix, ax=ax, cmap="viridis", square=True, xticklabels=False, yticklabels=False,
                     cbar_kws={"shrink": 0.8})
         ax.set_title(title)
+    _save(fig, png, pdf)
+    plt.close(fig)
+
+
+def plot_learning_curves(curves: pd.DataFrame, summary: pd.DataFrame, png, pdf) -> None:
+    """Left: validation accuracy against meta-updates of every MAML/iMAML run, the selected
+    checkpoint marked. Right: test accuracy against measured CPU seconds for every method
+    (per experiment; meta-learners joined across training characters by their seed means)."""
+    _style()
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.0))
+    learners = _methods(curves) if len(curves) else []
+    styles = dict(zip(sorted(curves["n_characters"].unique()) if len(curves) else [], ["-", "--", ":", "-."] * 9))
+    labelled = set()
+    for i, method in enumerate(learners):
+        color = _color(method, i)
+        for (chars, seed), run in curves[curves["method"] == method].groupby(["n_characters", "seed"]):
+            run = run.sort_values("iteration")
+            label = f"{METHOD_LABELS.get(method, method)}, {chars} characters"
+            left.plot(run["iteration"], run["val_acc"], styles[chars], color=color, lw=1, alpha=0.7,
+                      label=None if label in labelled else label)
+            labelled.add(label)
+            chosen = run[run["selected"]]
+            left.scatter(chosen["iteration"], chosen["val_acc"], color=color, marker="*", s=60, zorder=3)
+    left.set(xlabel="meta-updates", ylabel="validation accuracy", title="Meta-training: validation curves "
+             "(star: selected checkpoint; the curve ends where training stopped)")
+    _percent_axis(left)
+    if learners:
+        left.legend(loc="lower right", fontsize=8, frameon=False)
+    for i, method in enumerate(_methods(summary)):
+        rows = summary[summary["method"] == method].dropna(subset=["cpu_seconds"])
+        color = _color(method, i)
+        right.scatter(rows["cpu_seconds"], rows["accuracy"], color=color, s=18, alpha=0.6,
+                      label=METHOD_LABELS.get(method, method))
+        if method in learners:
+            means = rows.groupby("n_characters")[["cpu_seconds", "accuracy"]].mean()
+            right.plot(means["cpu_seconds"], means["accuracy"], color=color, lw=1.5)
+    right.set(xscale="log", xlabel="CPU seconds per experiment (measured)", ylabel="test accuracy",
+              title="Accuracy per unit of compute (each point an experiment)")
+    _percent_axis(right)
+    right.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     _save(fig, png, pdf)
     plt.close(fig)

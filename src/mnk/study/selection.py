@@ -26,7 +26,7 @@ from mnk.methods.targets import decode, predict_labels, task_targets
 __all__ = [
     "select_setting", "mnk_labels", "kernel_regression_labels",
     "prototype_labels", "require_computed", "test_tasks_id", "method_metrics", "heatmap_matrices",
-    "without_test_tasks",
+    "without_test_tasks", "cpu_cost",
 ]
 
 
@@ -142,6 +142,18 @@ def method_metrics(method: str, labels, tasks) -> dict:
     return {**accuracy_ci(accuracy), "method": method, "per_task_accuracy": accuracy.tolist(),
             "test_tasks_id": test_tasks_id(tasks), "n_test_tasks": len(tasks["test_support"]),
             "n_train_tasks": len(tasks["train_support"])}
+
+
+def cpu_cost(own_seconds: float, kernel=None, encoder_cost: dict | None = None) -> dict:
+    """A kernel method's measured CPU time on one experiment: its own job's, plus the share
+    of the kernel blocks it reads (`kernel`: the assembled kernel's ``block_cpu_seconds``)
+    and the label encoder's training (`encoder_cost`: train_encoder's cost.json)."""
+    parts = {"solve_cpu_seconds": float(own_seconds)}
+    if kernel is not None:
+        parts["kernel_cpu_seconds"] = float(np.sum(kernel["block_cpu_seconds"]))
+    if encoder_cost is not None:
+        parts["encoder_cpu_seconds"] = float(encoder_cost["cpu_seconds"])
+    return {**parts, "cpu_seconds": sum(parts.values())}
 
 
 def heatmap_matrices(K, tasks, options: MNKOptions, n_tasks: int = 3):
