@@ -89,7 +89,8 @@ def cost_lines(study: StudyConfig) -> list[str]:
                  f"   ({gpu_hours * 60:.1f} GPU-minutes on one H200)")
     lines.append(f"one kernel per experiment (former plan): {per_experiment_pairs(study):.4g} pairs "
                  f"(pooled: {total / per_experiment_pairs(study):.0%})")
-    lines.append("GPU-hours: NVIDIA H200 speeds; CPU-hours: CPU-seconds of the 2-core VM (BENCHMARKS.md)")
+    lines.append("GPU-hours: NVIDIA H200 speeds; CPU-hours: CPU-seconds of the 2-core VM (BENCHMARKS.md); "
+                 "meta-training at its maximum budget (meta_iterations): early stopping usually ends it sooner")
     lines.append(f"total kernel pairs: {total}")
     return lines
 
