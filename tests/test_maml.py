@@ -108,6 +108,23 @@ def test_the_original_maml_network_has_valid_convolutions_and_75205_parameters()
     assert _n_parameters(imaml) == (9 + 1) * 64 + 3 * (9 * 64 + 1) * 64 + 4 * 2 * 64 + 65 * 5 == 112_261
 
 
+@pytest.mark.parametrize("name", ["conv3", "conv4", "imaml4"])
+@pytest.mark.parametrize("padding", [0, 1])
+def test_feature_side_is_torchs_own_arithmetic(name, padding):
+    """The config check's feature_side against the shapes torch gives (blocks without their head)."""
+    from mnk.methods.options import feature_side
+
+    for side in (16, 22, 28, 31, 46, 50):
+        if feature_side(name, side, padding) < 1:
+            with pytest.raises(ValueError, match="no feature map left"):
+                build_network(name, n_classes=5, image_size=(side, side), hidden=2, padding=padding)
+            continue
+        blocks = [m for m in build_network(name, n_classes=5, image_size=(side, side), hidden=2,
+                                           padding=padding)[0] if isinstance(m, nn.Sequential)]
+        x = nn.Sequential(*blocks)(torch.zeros(2, 1, side, side))
+        assert x.shape[-2:] == (feature_side(name, side, padding),) * 2, (side, x.shape)
+
+
 def test_valid_convolutions_on_too_small_images_are_refused_by_name():
     with pytest.raises(ValueError, match="'imaml4' with padding 0 has no feature map left on 28x28"):
         build_network("imaml4", n_classes=5, image_size=(28, 28), hidden=4, padding=0)
