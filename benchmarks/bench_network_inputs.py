@@ -91,7 +91,8 @@ def main() -> None:
     problems = [experiment(data, config["tasks"], n, seed) + (seed,) for n, seed in settings]
     print(f"# validation accuracy (20 5-way 1-shot tasks, {config['tasks']['query']} queries per class), mean over "
           f"(n_characters, seed) = {settings}; CPU seconds of one thread for all settings")
-    print("| method | invert | standardize | " + " | ".join(f"{n} chars seed {seed}" for n, seed in settings) + " | mean | CPU s |")
+    columns = " | ".join(f"{n} chars seed {seed}" for n, seed in settings)
+    print(f"| method | invert | standardize | {columns} | mean | CPU s |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in settings) + " | --- | --- |")
     for method, (invert, standardize) in itertools.product(args.methods, combinations):
         start = time.process_time()
