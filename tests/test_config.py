@@ -83,6 +83,9 @@ def test_every_problem_is_listed_at_once_each_naming_its_key():
     (lambda c: c["mnk"]["grid"].update(decoder=["argmax"]), "mnk.grid.decoder"),
     (lambda c: c["maml"]["options"].update(hidden=0), "maml.options.hidden"),
     (lambda c: c["encoder"].update(lr=-1.0), "encoder.lr"),
+    (lambda c: c["encoder"].update(pooling="max"), "encoder.pooling"),
+    (lambda c: c["maml"]["options"].update(padding=2), "maml.options.padding"),
+    (lambda c: c["imaml"]["options"].update(standardize="yes"), "imaml.options.standardize"),
     (lambda c: c["data"].update(resample="sinc"), "data.resample"),
 ])
 def test_a_rule_of_one_section_names_its_key(edit, key):
@@ -114,3 +117,25 @@ def test_kernel_options_are_the_values_and_the_section_adds_how():
 def test_a_section_built_by_hand_names_its_key(build, key):
     with pytest.raises(ValueError, match=key):
         build()
+
+
+def test_original_yaml_is_the_original_code_and_paper_yaml_keeps_the_proximal_term():
+    """config/original.yaml: the original's networks (maml_utils.py build_MAML_model: 75,205
+    parameters for 5-way 28x28; imaml_utils.py: 112,261), inputs (omniglot_loaders.py: not
+    inverted, standardised) and iMAML inner loop (proximal term at the first step only)."""
+    from mnk.methods.nets import build_network
+
+    original, paper = parse_config(shipped("original.yaml")), parse_config(shipped("paper.yaml"))
+    counts = {}
+    for method in ("maml", "imaml"):
+        options = getattr(original, method)
+        net = build_network(options.network, n_classes=5, image_size=(28, 28), hidden=options.hidden,
+                            padding=options.padding)
+        counts[method] = sum(p.numel() for p in net.parameters())
+        assert (options.invert, options.standardize) == (False, True)
+    assert counts == {"maml": 75_205, "imaml": 112_261}
+    encoder = original.encoder
+    assert (encoder.padding, encoder.pooling, encoder.width, encoder.epochs, encoder.batch_size, encoder.lr,
+            encoder.invert, encoder.standardize) == (0, "flatten", 250, 50, 16, 1e-3, False, True)
+    assert original.imaml.proximal_first_step_only is True
+    assert paper.imaml.proximal_first_step_only is False

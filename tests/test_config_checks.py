@@ -71,6 +71,11 @@ def test_unknown_keys_are_ignored(tmp_path):
     (lambda c: c["mnk"]["grid"].update(r2=[1e-5, 0.0]) or c["mnk"].update(solver="lowrank"), ["every mnk.grid.r2 > 0"]),
     (lambda c: c["mnk"].update(r1=math.inf), ["mnk.r1", "finite"]),
     (lambda c: c["tasks"].update(n_val_tasks=0), ["mnk.grid has", "tasks.n_val_tasks is 0"]),
+    # valid convolutions shrink the images: 14 -> 6 -> 2 -> 0 (conv3 / the encoder), -> 0 (imaml4 at 28)
+    (lambda c: c["data"].update(image_size=14) or c["encoder"].update(padding=0),
+     ["the label encoder with encoder.padding 0", "data.image_size 14x14"]),
+    (lambda c: c["imaml"]["options"].update(padding=0),
+     ["imaml.options.network 'imaml4' with imaml.options.padding 0", "data.image_size 28x28"]),
 ])
 def test_each_impossible_combination_names_its_keys(tmp_path, edit, expected):
     message = _problems(_edited(edit), tmp_path)

@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from mnk.methods.encoder import EncoderOptions, encode, load_encoder, save_encoder, train_label_encoder
+from mnk.methods.encoder import EncoderOptions, LabelEncoder, encode, load_encoder, save_encoder, train_label_encoder
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-OPTIONS = EncoderOptions(width=8, epochs=8, lr=1e-2, batch_size=4)
+# padding 1, spatial mean, the stored images as they are: the default study's encoder
+OPTIONS = EncoderOptions(width=8, epochs=8, lr=1e-2, batch_size=4, padding=1, pooling="mean", invert=True,
+                         standardize=False)
 KW = dict(progress=False)
 
 
@@ -87,3 +90,44 @@ def test_bad_input_messages(data):
 def test_bad_options_name_the_key(changes, message):
     with pytest.raises((ValueError, TypeError), match=message):
         EncoderOptions(**changes)
+
+
+def test_the_original_encoder_has_valid_convolutions_and_a_flattened_encoding():
+    """meta_cntk_utils.py build_CNN: 3 x [conv 3x3 without padding, BatchNorm, ReLU, max-pool],
+    Flatten, Linear(width, n_classes): on 28x28 images 28 -> 13 -> 5 -> 1."""
+    defaults = EncoderOptions()
+    assert (defaults.padding, defaults.pooling, defaults.width, defaults.epochs, defaults.batch_size,
+            defaults.lr) == (0, "flatten", 250, 50, 16, 1e-3)
+    width, n_classes = 6, 7
+    model = LabelEncoder(n_classes, width=width, padding=0, pooling="flatten", image_size=(28, 28))
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and all(c.padding == (0, 0) and c.kernel_size == (3, 3) for c in convs)
+    assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.features)
+    assert model.head.in_features == width  # a 1x1 feature map, flattened
+    conv_params = (9 * 1 + 1) * width + 2 * (9 * width + 1) * width
+    assert sum(p.numel() for p in model.parameters()) == conv_params + 3 * 2 * width + (width + 1) * n_classes
+    x = torch.randn(4, 1, 28, 28)
+    assert model.embed(x).shape == (4, width) and model(x).shape == (4, n_classes)
+    padded = LabelEncoder(n_classes, width=width, padding=1, pooling="flatten", image_size=(28, 28))
+    assert padded.embed(x).shape == (4, 9 * width)  # 28 -> 14 -> 7 -> 3
+    with pytest.raises(ValueError, match="no feature map left on 12x12"):
+        LabelEncoder(n_classes, width=width, padding=0, image_size=(12, 12))
+
+
+def test_input_standardisation_uses_the_training_images_and_travels_with_the_encoder(data, tmp_path):
+    imgs, labels = data
+    opts = options(epochs=1, invert=False, standardize=True)
+    model, _ = train_label_encoder(imgs, labels, opts, seed=0, **KW)
+    flipped = 1.0 - imgs.astype(np.float64)  # invert false: the files' polarity
+    assert model.inputs.mean == pytest.approx(flipped.mean(), rel=1e-12)
+    assert model.inputs.std == pytest.approx(flipped.std(), rel=1e-12)
+    save_encoder(model, tmp_path / "encoder.pt")
+    loaded = load_encoder(tmp_path / "encoder.pt")
+    assert loaded.inputs == model.inputs
+    # other (e.g. test) images are prepared with the training statistics: the same encodings
+    # as the bare network on (1 - x - mean) / std written out here
+    bare = LabelEncoder(**model.shape)
+    bare.load_state_dict(model.state_dict())
+    others = imgs[::-1] * 0.5 + 0.2
+    prepared = ((1.0 - others - flipped.mean()) / flipped.std()).astype(np.float32)
+    np.testing.assert_allclose(encode(loaded, others), encode(bare, prepared), rtol=1e-5, atol=1e-5)

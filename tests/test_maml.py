@@ -86,6 +86,52 @@ def test_networks_shapes(name, size):
     assert len(list(net.buffers())) == 0  # pure under functional_call
 
 
+def _n_parameters(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_the_original_maml_network_has_valid_convolutions_and_75205_parameters():
+    """maml_utils.py build_MAML_model: 3 x [Conv2d(c, 64, 3) without padding, BatchNorm, ReLU,
+    MaxPool2d(2, 2)], Flatten, Linear(64, n_way): 28 -> 26 -> 13 -> 11 -> 5 -> 3 -> 1."""
+    net = build_network("conv3", n_classes=5, image_size=(28, 28), hidden=64, padding=0)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 3 and all(c.padding == (0, 0) and c.kernel_size == (3, 3) for c in convs)
+    head = net[-1]
+    assert isinstance(head, nn.Linear) and (head.in_features, head.out_features) == (64, 5)
+    conv = (9 * 1 + 1) * 64 + 2 * (9 * 64 + 1) * 64
+    assert _n_parameters(net) == conv + 3 * 2 * 64 + (64 + 1) * 5 == 75_205
+    assert net(torch.zeros(7, 1, 28, 28)).shape == (7, 5)
+    # padding 1 (same-size convolutions): 3x3 feature maps into Linear(576, 5)
+    assert _n_parameters(build_network("conv3", n_classes=5, image_size=(28, 28), hidden=64)) == 77_765
+    # the original iMAML net (padding 1): 4 blocks, 28 -> 14 -> 7 -> 3 -> 1, Linear(64, 5)
+    imaml = build_network("imaml4", n_classes=5, image_size=(28, 28), hidden=64, padding=1)
+    assert _n_parameters(imaml) == (9 + 1) * 64 + 3 * (9 * 64 + 1) * 64 + 4 * 2 * 64 + 65 * 5 == 112_261
+
+
+@pytest.mark.parametrize("name", ["conv3", "conv4", "imaml4"])
+@pytest.mark.parametrize("padding", [0, 1])
+def test_feature_side_is_torchs_own_arithmetic(name, padding):
+    """The config check's feature_side against the shapes torch gives (blocks without their head)."""
+    from mnk.methods.options import feature_side
+
+    for side in (16, 22, 28, 31, 46, 50):
+        if feature_side(name, side, padding) < 1:
+            with pytest.raises(ValueError, match="no feature map left"):
+                build_network(name, n_classes=5, image_size=(side, side), hidden=2, padding=padding)
+            continue
+        blocks = [m for m in build_network(name, n_classes=5, image_size=(side, side), hidden=2,
+                                           padding=padding)[0] if isinstance(m, nn.Sequential)]
+        x = nn.Sequential(*blocks)(torch.zeros(2, 1, side, side))
+        assert x.shape[-2:] == (feature_side(name, side, padding),) * 2, (side, x.shape)
+
+
+def test_valid_convolutions_on_too_small_images_are_refused_by_name():
+    with pytest.raises(ValueError, match="'imaml4' with padding 0 has no feature map left on 28x28"):
+        build_network("imaml4", n_classes=5, image_size=(28, 28), hidden=4, padding=0)
+    assert build_network("conv3", n_classes=5, image_size=(22, 22), hidden=4, padding=0)(
+        torch.zeros(2, 1, 22, 22)).shape == (2, 5)  # 22 -> 10 -> 4 -> 1: the smallest that works
+
+
 # ------------------------------------------------------------------ imaml4
 
 
@@ -517,7 +563,9 @@ def _small(tasks, n=6):
             for k, v in tasks.items()}
 
 
-TINY = dict(hidden=4, meta_iterations=1, eval_every=1, meta_batch_size=3, inner_steps=2,
+# the default study's network padding and inputs (the stored images as they are)
+STORED = dict(padding=1, invert=True, standardize=False)
+TINY = dict(**STORED, hidden=4, meta_iterations=1, eval_every=1, meta_batch_size=3, inner_steps=2,
             test_inner_steps=2, meta_lr=0.01)
 
 
@@ -528,15 +576,27 @@ def _one_update(images, tasks, method, options, seed=7):
     return {k: v for k, v in checkpoint["state_dict"].items()}
 
 
+def _prepared(images, tasks, options):
+    """The network's inputs written out: 1 - x unless `invert`, then with `standardize` minus
+    the mean, over the std, of the TRAINING images [0, n_train_images) so prepared."""
+    x = np.asarray(images, np.float32)
+    flipped = x if options.invert else 1 - x
+    if options.standardize:
+        train = x[: int(tasks["n_train_images"])].astype(np.float64)
+        train = train if options.invert else 1 - train
+        flipped = (flipped - float(train.mean())) / float(train.std())
+    return torch.as_tensor(flipped).unsqueeze(1)
+
+
 def _expected_update(images, tasks, method, options, seed=7):
     """Independent of train_and_evaluate's wiring: the initial network (torch seed), the
     first meta-batch (TaskSampler, same seed), the meta-gradient of the per-task LOOP
     reference with `options`, and Adam's first step written out: m/sqrt(v) = g/|g|."""
     options = M.options_from_config(method, options)
     torch.manual_seed(seed)
-    model = build_network(options.network, n_classes=5, image_size=(28, 28), hidden=options.hidden)
-    batch = M._batch_tensors(torch.as_tensor(images).unsqueeze(1),
-                             *M.TaskSampler(tasks, options, seed)())
+    model = build_network(options.network, n_classes=5, image_size=(28, 28), hidden=options.hidden,
+                          padding=options.padding)
+    batch = M._batch_tensors(_prepared(images, tasks, options), *M.TaskSampler(tasks, options, seed)())
     loop = {"maml": M.maml_meta_gradient_loop, "imaml": M.imaml_meta_gradient_loop}[method]
     grads, _, _ = loop(model, dict(model.named_parameters()), batch, options)
     return {k: p.detach() - options.meta_lr * grads[k] / (grads[k].abs() + 1e-8)
@@ -546,6 +606,9 @@ def _expected_update(images, tasks, method, options, seed=7):
 @pytest.mark.parametrize("method,key,values", [
     ("maml", "first_order", (False, True)),
     ("imaml", "cg_steps", (5, 1)),
+    ("maml", "padding", (1, 0)),
+    ("maml", "standardize", (False, True)),
+    ("imaml", "invert", (True, False)),
 ])
 def test_option_reaches_the_training_loop(toy, method, key, values):
     images, tasks = toy
@@ -557,17 +620,53 @@ def test_option_reaches_the_training_loop(toy, method, key, values):
         expected = _expected_update(images, tasks, method, options)
         assert _maxdiff(expected, updates[value]) < 1e-6, (key, value)
     # ... and the two values give different updates (else the check above is vacuous)
-    assert _maxdiff(updates[values[0]], updates[values[1]]) > 0.5 * TINY["meta_lr"]
+    first, second = updates[values[0]], updates[values[1]]
+    if all(first[k].shape == second[k].shape for k in first):  # padding: another head's shape
+        assert _maxdiff(first, second) > 0.5 * TINY["meta_lr"]
+    else:
+        assert key == "padding"
+
+
+def test_standardisation_statistics_come_from_the_training_images_only(toy):
+    images, tasks = toy
+    small, n_train = _small(tasks), int(tasks["n_train_images"])
+    opts = dict(TINY, invert=False, standardize=True)
+
+    def run(x):
+        return M.train_and_evaluate(x, small, method="maml", options=opts, seed=0, progress=False)
+
+    (metrics, checkpoint) = run(images)
+    train = 1.0 - images[:n_train].astype(np.float64)  # invert false: the files' polarity
+    assert abs((1.0 - images.astype(np.float64)).mean() - train.mean()) > 1e-3  # all images would differ
+    assert checkpoint["inputs"] == metrics["inputs"] == {
+        "invert": False, "mean": pytest.approx(train.mean(), rel=1e-12), "std": pytest.approx(train.std(), rel=1e-12)}
+    shifted = images.copy()
+    shifted[n_train:] += 3.0  # validation and test images: not in the statistics, not in training
+    _, again = run(shifted)
+    assert again["inputs"] == checkpoint["inputs"]
+    assert all(torch.equal(again["state_dict"][k], v) for k, v in checkpoint["state_dict"].items())
+
+
+def test_input_transform_of_the_stored_images():
+    from mnk.methods.inputs import InputTransform
+
+    x = np.array([[0.0, 0.25], [0.5, 1.0]], np.float32)
+    np.testing.assert_array_equal(InputTransform.fit(x, invert=True, standardize=False)(x), x)  # as stored
+    np.testing.assert_array_equal(InputTransform.fit(x, invert=False, standardize=False)(x), 1 - x)
+    prepared = InputTransform.fit(x[:1], invert=True, standardize=True)(x)  # statistics of the first row
+    np.testing.assert_allclose(prepared, (x - 0.125) / 0.125)
+    with pytest.raises(ValueError, match="std 0.0"):
+        InputTransform.fit(np.ones((3, 4, 4)), invert=True, standardize=True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "method,options",
     [
-        ("maml", dict(hidden=8, meta_iterations=30, meta_batch_size=4, eval_every=10,
+        ("maml", dict(**STORED, hidden=8, meta_iterations=30, meta_batch_size=4, eval_every=10,
                       meta_lr=0.01, inner_steps=1, inner_lr=0.4, test_inner_steps=3)),
         # the zero-head imaml4 net: without meta-training its adaptation is weak
-        ("imaml", dict(network="imaml4", hidden=16, meta_iterations=25, meta_batch_size=4,
+        ("imaml", dict(**STORED, network="imaml4", hidden=16, meta_iterations=25, meta_batch_size=4,
                        eval_every=5, meta_lr=0.01, inner_steps=5, inner_lr=0.4,
                        test_inner_steps=5, lam=0.5, cg_steps=3)),
     ],

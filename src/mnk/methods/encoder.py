@@ -6,8 +6,13 @@ features serve as regression targets (each class's target is its centroid within
 task, see mnk.methods.targets.class_centroid_targets; a test query is assigned to the nearest
 support-class centroid, mnk.methods.targets.decode).
 
-Architecture: 3 x [conv 3x3 (padding 1, ``width`` channels), BatchNorm, ReLU, max-pool
-2x2], global average pool -> ``width`` features (the encoding), linear classifier head.
+Architecture: 3 x [conv 3x3 (zero padding ``padding``, ``width`` channels), BatchNorm, ReLU,
+max-pool 2x2], then the encoding: the last feature map flattened (``pooling: flatten``) or
+averaged over space (``mean``: ``width`` features); a linear classifier head. The original
+(``meta_cntk_utils.py`` ``build_CNN``): padding 0 and flatten, so on 28x28 images
+28 -> 13 -> 5 -> 1 and ``Linear(width, n_classes)``. The model prepares its own inputs
+(``invert`` / ``standardize``, mnk.methods.inputs, statistics of its training images),
+saved with it, so :func:`encode` treats validation and test images alike.
 Training (original settings): Adam lr 1e-3, batch 16, 50 epochs, cross-entropy; one
 image per class is held out to watch overfitting (history["val_*"]). Seeded: the same
 seed and data give the same model on CPU (tested); on CUDA up to cuDNN's own
@@ -23,31 +28,43 @@ import numpy as np
 import torch
 from torch import nn
 
+from dataclasses import asdict
+
 from mnk.infra.io import load_torch, save_torch
-from mnk.methods.options import EncoderOptions
+from mnk.methods.inputs import InputTransform
+from mnk.methods.options import EncoderOptions, feature_side
 
 __all__ = ["EncoderOptions", "LabelEncoder", "train_label_encoder", "encode", "save_encoder", "load_encoder"]
 
 
 class LabelEncoder(nn.Module):
-    def __init__(self, n_classes: int, width: int = 250, in_channels: int = 1):
+    def __init__(self, n_classes: int, width: int = 250, in_channels: int = 1, padding: int = 0,
+                 pooling: str = "flatten", image_size: tuple[int, int] = (28, 28), inputs: dict | None = None):
         super().__init__()
-        self.shape = dict(n_classes=int(n_classes), width=int(width), in_channels=int(in_channels))
+        self.shape = dict(n_classes=int(n_classes), width=int(width), in_channels=int(in_channels),
+                          padding=int(padding), pooling=pooling, image_size=[int(s) for s in image_size])
+        self.inputs = InputTransform(**(inputs or {}))
+        sides = [feature_side("conv3", s, padding) for s in image_size]
+        if min(sides) < 1:
+            raise ValueError(f"the label encoder with padding {padding} has no feature map left on "
+                             f"{image_size[0]}x{image_size[1]} images (padding 1 or larger images keep one)")
         layers: list[nn.Module] = []
         c = in_channels
         for _ in range(3):
             layers += [
-                nn.Conv2d(c, width, 3, padding=1),
+                nn.Conv2d(c, width, 3, padding=padding),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
             c = width
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(width, n_classes)
+        pool = [nn.AdaptiveAvgPool2d(1)] if pooling == "mean" else []
+        self.features = nn.Sequential(*layers, *pool, nn.Flatten())
+        self.head = nn.Linear(width * (1 if pooling == "mean" else sides[0] * sides[1]), n_classes)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        """The encoding of stored images (prepared here by the model's own input transform)."""
+        return self.features(self.inputs(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -92,7 +109,8 @@ def train_label_encoder(images: np.ndarray, labels: np.ndarray, options: Encoder
                         device: str = "cpu", progress: bool = True) -> tuple[LabelEncoder, dict[str, Any]]:
     """Train the label encoder on (training-character) images with supervision.
 
-    images (N, H, W) float32; labels (N,) ints (any values; remapped to 0..C-1, the map
+    images (N, H, W) float32, as stored: all of them are training images, so the input
+    standardisation's statistics are theirs; labels (N,) ints (any values; remapped to 0..C-1, the map
     is in history["classes"]). Returns (model in eval mode on ``device``, history) with
     per-epoch train_loss, train_acc, val_loss, val_acc (val: one held-out image per
     class; empty lists if no class has two images).
@@ -107,7 +125,9 @@ def train_label_encoder(images: np.ndarray, labels: np.ndarray, options: Encoder
     y = torch.from_numpy(y_np.astype(np.int64))
     tr_idx, val_idx = _holdout_split(y_np, np.random.default_rng(seed))
     torch.manual_seed(seed)
-    model = LabelEncoder(len(classes), width=options.width, in_channels=x.shape[1]).to(device)
+    inputs = InputTransform.fit(x.numpy(), invert=options.invert, standardize=options.standardize)
+    model = LabelEncoder(len(classes), width=options.width, in_channels=x.shape[1], padding=options.padding,
+                         pooling=options.pooling, image_size=tuple(x.shape[2:]), inputs=asdict(inputs)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=options.lr)
     gen = torch.Generator().manual_seed(seed)
     hist: dict[str, Any] = dict(train_loss=[], train_acc=[], val_loss=[], val_acc=[],
@@ -150,23 +170,24 @@ def _train_epoch(model, opt, x, y, batch_size: int, gen, device) -> tuple[float,
 
 @torch.no_grad()
 def encode(model: LabelEncoder, images: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
-    """Penultimate (globally pooled) features: (N, H, W) images -> (N, width) float32."""
+    """The encodings (penultimate features): (N, H, W) stored images -> (N, features) float32."""
     x = _as_input(images)
     model = model.to(device).eval()
     out = [model.embed(x[lo : lo + batch_size].to(device)).cpu() for lo in range(0, len(x), batch_size)]
     if not out:
-        return np.zeros((0, model.shape["width"]), dtype=np.float32)
+        return np.zeros((0, model.head.in_features), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
 def save_encoder(model: LabelEncoder, path: str | os.PathLike) -> None:
-    """Save the shape (classes, width, channels) + weights atomically (torch.save of plain tensors and ints)."""
-    state = {"shape": model.shape, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    """Save the shape, the input transform and the weights atomically (torch.save of plain tensors and values)."""
+    state = {"shape": model.shape, "inputs": asdict(model.inputs),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     save_torch(path, state)
 
 
 def load_encoder(path: str | os.PathLike, device: str = "cpu") -> LabelEncoder:
     state = load_torch(path)
-    model = LabelEncoder(**state["shape"])
+    model = LabelEncoder(**state["shape"], inputs=state["inputs"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval()

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, jvp, vmap
 
 from mnk.infra.progress import progress_bar
+from mnk.methods.inputs import InputTransform
 from mnk.methods.metrics import accuracy_ci
 from mnk.methods.nets import build_network
 from mnk.methods.options import (  # noqa: F401 (re-exported: the options are part of this API)
@@ -510,7 +511,7 @@ def _start_run(images, tasks, method, options, seed, device, say) -> _Run:
     dev = torch.device(device)
     images_t = torch.as_tensor(images, device=dev)  # (N, C, H, W)
     model = build_network(options.network, n_classes=_scalar(tasks, "way"), image_size=tuple(images.shape[2:]),
-                          hidden=options.hidden, in_channels=images.shape[1]).to(dev)
+                          hidden=options.hidden, in_channels=images.shape[1], padding=options.padding).to(dev)
     sampler = TaskSampler(tasks, options, seed)
     return _Run(
         method=method, options=options, model=model,
@@ -625,8 +626,15 @@ def _metrics(run: _Run, test_acc: np.ndarray, seed: int, wall_seconds: float) ->
     }
 
 
-def _checkpoint(run: _Run) -> dict:
+def _network_inputs(images: np.ndarray, tasks: Mapping, options) -> InputTransform:
+    """`invert` / `standardize` of the options, statistics from the training images only."""
+    n_train = _scalar(tasks, "n_train_images") if options.standardize else 0
+    return InputTransform.fit(images[:n_train], invert=options.invert, standardize=options.standardize)
+
+
+def _checkpoint(run: _Run, inputs: InputTransform) -> dict:
     return {"state_dict": run.best[2], "options": dataclasses.asdict(run.options),
+            "inputs": dataclasses.asdict(inputs),
             "iteration": run.best[1], "method": run.method, "way": _scalar(run.tasks, "way"),
             "image_size": list(run.images_t.shape[2:]), "in_channels": int(run.images_t.shape[1])}
 
@@ -635,14 +643,17 @@ def train_and_evaluate(images: np.ndarray, tasks: Mapping, *, method: str, optio
                        seed: int = 0, device: str = "cpu", progress: bool = True, log=None):
     """Meta-train MAML or iMAML on an experiment's tasks; select on the validation tasks.
 
-    images: float32 (N, H, W) or (N, C, H, W); tasks: the make_tasks arrays; options: MAMLOptions /
-    IMAMLOptions or a config section (dict). Returns (metrics, checkpoint); metrics is
-    JSON-serialisable.
+    images: float32 (N, H, W) or (N, C, H, W), as stored (the network sees them prepared by the
+    options' `invert` / `standardize`, mnk.methods.inputs, with training-image statistics);
+    tasks: the make_tasks arrays; options: MAMLOptions / IMAMLOptions or a config section
+    (dict). Returns (metrics, checkpoint); metrics is JSON-serialisable.
     """
     t_start = time.perf_counter()
     options = _as_options(method, options)
     say = _logger(log)
-    run = _start_run(_check_inputs(images, tasks), tasks, method, options, seed, device, say)
+    images = _check_inputs(images, tasks)
+    inputs = _network_inputs(images, tasks, options)
+    run = _start_run(inputs(images), tasks, method, options, seed, device, say)
     say(f"{method}: at most {run.max_updates} meta-updates (patience {options.patience} "
         f"evaluations of every {run.eval_interval}) of {run.sampler.meta_batch} "
         f"{options.task_sampling} tasks from {run.sampler.n_characters} characters, "
@@ -661,4 +672,5 @@ def train_and_evaluate(images: np.ndarray, tasks: Mapping, *, method: str, optio
         f"{metrics['accuracy']:.4f} [{metrics['ci95_low']:.4f}, {metrics['ci95_high']:.4f}] "
         f"over {metrics['n_tasks']} tasks; stopped by {metrics['stopped_by']} after "
         f"{metrics['n_meta_updates']} of at most {metrics['max_meta_updates']} meta-updates")
-    return metrics, _checkpoint(run)
+    metrics["inputs"] = dataclasses.asdict(inputs)
+    return metrics, _checkpoint(run, inputs)

@@ -14,15 +14,22 @@ MAML meta-gradient and the iMAML Hessian-vector products. Measured here with tor
 vmapped second-order MAML meta-gradient off by ~1e-2 (float64) against a per-task loop
 and finite differences with ``nn.BatchNorm2d``; exact with this module.
 
-* ``conv3`` -- the network of the original MNK comparison: 3 x [conv 3x3 (pad 1),
-  BatchNorm, ReLU, 2x2 max-pool] with ``hidden`` channels, flattened, linear head.
+Every 3x3 convolution has zero padding ``padding`` (the options' key): 0 ("valid"
+convolutions, the original MAML network's) or 1 (same-size convolutions).
+
+* ``conv3`` -- 3 x [conv 3x3, BatchNorm, ReLU, 2x2 max-pool] with ``hidden`` channels,
+  flattened, linear head. With ``padding: 0`` it is the original comparison's MAML network
+  (``maml_utils.py`` ``build_MAML_model``): on 28x28 inputs 28 -> 13 -> 5 -> 1, so
+  ``Linear(hidden, way)``, 75,205 parameters for 5-way and 64 channels (padding 1: 3x3
+  feature maps, ``Linear(9 hidden, way)``, 77,765).
 * ``conv4`` -- the standard 4-layer Omniglot network of the MAML paper: 4 x [conv 3x3,
-  stride 2 (pad 1), BatchNorm, ReLU] with ``hidden`` channels, spatial mean, linear head
+  stride 2, BatchNorm, ReLU] with ``hidden`` channels, spatial mean, linear head
   (Finn et al.'s Omniglot variant uses strided convolutions instead of max-pooling).
-* ``imaml4`` -- the iMAML network of the original MNK comparison (``imaml_utils.py``):
-  4 x [conv 3x3 (pad 1), ReLU, 2x2 max-pool, BatchNorm] with ``hidden`` channels,
-  flattened, linear head; conv weights ~ N(0, 2 / (9 * out_channels)) with zero bias,
-  BatchNorm weight 1 / bias 0, and a zero-initialised linear head (weight and bias).
+* ``imaml4`` -- the iMAML network of the original MNK comparison (``imaml_utils.py``, with
+  ``padding: 1``): 4 x [conv 3x3, ReLU, 2x2 max-pool, BatchNorm] with ``hidden`` channels,
+  flattened (28 -> 14 -> 7 -> 3 -> 1), linear head, 112,261 parameters for 5-way and 64
+  channels; conv weights ~ N(0, 2 / (9 * out_channels)) with zero bias, BatchNorm weight 1 /
+  bias 0, and a zero-initialised linear head (weight and bias).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from torch import nn
 
 __all__ = ["NETWORKS", "BatchStatNorm2d", "build_network"]
 
-from mnk.methods.options import NETWORKS  # noqa: F401 (the names, with the options)
+from mnk.methods.options import NETWORKS, feature_side  # noqa: F401 (the names, with the options)
 
 
 class BatchStatNorm2d(nn.Module):
@@ -59,9 +66,9 @@ class BatchStatNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}, batch statistics only"
 
 
-def _block(c_in: int, c_out: int, *, stride: int, pool: bool) -> nn.Sequential:
+def _block(c_in: int, c_out: int, *, stride: int, pool: bool, padding: int = 1) -> nn.Sequential:
     layers = [
-        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1),
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=padding),
         BatchStatNorm2d(c_out),
         nn.ReLU(),
     ]
@@ -70,10 +77,10 @@ def _block(c_in: int, c_out: int, *, stride: int, pool: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _pool_then_norm_block(c_in: int, c_out: int) -> nn.Sequential:
+def _pool_then_norm_block(c_in: int, c_out: int, padding: int = 1) -> nn.Sequential:
     """The original iMAML block: normalisation after the pooling."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, kernel_size=3, padding=1),
+        nn.Conv2d(c_in, c_out, kernel_size=3, padding=padding),
         nn.ReLU(),
         nn.MaxPool2d(2),
         BatchStatNorm2d(c_out),
@@ -105,30 +112,29 @@ def build_network(
     image_size: tuple[int, int],
     hidden: int = 64,
     in_channels: int = 1,
+    padding: int = 1,
 ) -> nn.Module:
     """Build ``conv3``, ``conv4`` or ``imaml4`` for inputs of shape (B, in_channels, H, W)."""
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
+    if min(feature_side(name, side, padding) for side in image_size) < 1:
+        raise ValueError(f"network {name!r} with padding {padding} has no feature map left on "
+                         f"{image_size[0]}x{image_size[1]} images (padding 1 or larger images keep one)")
+    channels = [in_channels] + [hidden] * 4
     if name == "conv3":
         features = nn.Sequential(
-            _block(in_channels, hidden, stride=1, pool=True),
-            _block(hidden, hidden, stride=1, pool=True),
-            _block(hidden, hidden, stride=1, pool=True),
+            *(_block(a, b, stride=1, pool=True, padding=padding) for a, b in zip(channels[:3], channels[1:4])),
             nn.Flatten(),
         )
     elif name == "conv4":
         features = nn.Sequential(
-            _block(in_channels, hidden, stride=2, pool=False),
-            _block(hidden, hidden, stride=2, pool=False),
-            _block(hidden, hidden, stride=2, pool=False),
-            _block(hidden, hidden, stride=2, pool=False),
+            *(_block(a, b, stride=2, pool=False, padding=padding) for a, b in zip(channels, channels[1:])),
             _SpatialMean(),
         )
-    elif name == "imaml4":
-        channels = [in_channels] + [hidden] * 4
-        features = nn.Sequential(
-            *(_pool_then_norm_block(a, b) for a, b in zip(channels, channels[1:])), nn.Flatten()
-        )
     else:
-        raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
+        features = nn.Sequential(
+            *(_pool_then_norm_block(a, b, padding) for a, b in zip(channels, channels[1:])), nn.Flatten()
+        )
     with torch.no_grad():
         n_features = features(torch.zeros(2, in_channels, *image_size)).shape[-1]
     net = nn.Sequential(features, nn.Linear(n_features, n_classes))

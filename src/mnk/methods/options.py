@@ -16,6 +16,8 @@ from typing import ClassVar, Mapping
 from mnk.infra.checks import is_bool, is_int, is_number, require
 
 NETWORKS = ("conv3", "conv4", "imaml4")  # built by mnk.methods.nets.build_network
+PADDINGS = (0, 1)  # zero padding of every 3x3 convolution: 0 ("valid", the original MAML net and encoder) or 1
+ENCODER_POOLING = ("flatten", "mean")  # the encoder's last feature map: flattened (the original) or averaged
 
 METHODS = ("maml", "imaml")
 TASK_SAMPLING = ("resample", "fixed")
@@ -24,8 +26,40 @@ EPOCH_UPDATES = ("all", "last")
 AUTO_META_BATCH_CAP = 32  # the original: batchsz = min(32, n_characters)
 
 
+def feature_side(network: str, side: int, padding: int) -> int:
+    """Side of `network`'s last feature map on side x side inputs (< 1: the input is too small).
+
+    conv3, imaml4 and the label encoder: blocks of [3x3 conv, 2x2 max-pool]; conv4: stride-2 3x3 convs."""
+    for _ in range(4 if network in ("conv4", "imaml4") else 3):
+        if network == "conv4":
+            side = (side + 2 * padding - 3) // 2 + 1
+        else:
+            side = (side + 2 * padding - 2) // 2
+    return side
+
+
 @dataclass(frozen=True)
-class _MetaLearnerOptions:
+class _NetworkInputs:
+    """A network's convolution padding and how its inputs are prepared (mnk.methods.inputs).
+
+    Defaults: the original's. The images are stored inverted (background 0, strokes 1);
+    `invert: false` shows the networks the files' polarity (1 - x, dark strokes, as the
+    original's loader); `standardize` then makes the TRAINING images mean 0, std 1 (one
+    scalar each, the original loader's `normalization()`)."""
+
+    padding: int = 0
+    invert: bool = False
+    standardize: bool = True
+
+    def _validate_network_inputs(self, key) -> None:
+        require(is_int(self.padding) and self.padding in PADDINGS, key("padding"), f"one of {PADDINGS}",
+                self.padding)
+        for name in ("invert", "standardize"):
+            require(is_bool(getattr(self, name)), key(name), "true or false", getattr(self, name))
+
+
+@dataclass(frozen=True)
+class _MetaLearnerOptions(_NetworkInputs):
     """Options shared by MAML and iMAML (defaults: the original comparison's protocol)."""
 
     section: ClassVar[str] = "options"
@@ -64,6 +98,7 @@ class _MetaLearnerOptions:
     def _validate(self) -> None:
         k = self._key
         require(self.network in NETWORKS, k("network"), f"one of {NETWORKS}", self.network)
+        self._validate_network_inputs(k)
         for name in ("hidden", "eval_every", "eval_chunk", "patience"):
             value = getattr(self, name)
             require(is_int(value) and value >= 1, k(name), "an integer >= 1", value)
@@ -132,6 +167,7 @@ class IMAMLOptions(_MetaLearnerOptions):
 
     section: ClassVar[str] = "imaml.options"
     network: str = "imaml4"
+    padding: int = 1  # the original iMAML net pads its convolutions
     inner_steps: int = 16  # T
     test_inner_steps: int = 16  # test-time adaptation uses the same proximal objective
     epoch_updates: str = "last"  # the original steps its optimiser once per epoch
@@ -197,19 +233,22 @@ def learner_params(options: _MetaLearnerOptions) -> dict:
 
 
 @dataclass(frozen=True)
-class EncoderOptions:
-    """The `encoder` config section (defaults: the original's settings)."""
+class EncoderOptions(_NetworkInputs):
+    """The `encoder` config section (defaults: the original's settings, meta_cntk_utils.py build_CNN)."""
 
-    width: int = 250  # channels of every conv layer = the encoding's size
+    width: int = 250  # channels of every conv layer
     epochs: int = 50
     lr: float = 1e-3  # Adam
     batch_size: int = 16
+    pooling: str = "flatten"  # the encoding: the flattened last feature map, or its spatial mean
 
     def __post_init__(self):
         for name in ("width", "epochs", "batch_size"):
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"encoder.{name}",
                     "an integer >= 1", getattr(self, name))
         require(is_number(self.lr) and self.lr > 0, "encoder.lr", "a number > 0", self.lr)
+        require(self.pooling in ENCODER_POOLING, "encoder.pooling", f"one of {ENCODER_POOLING}", self.pooling)
+        self._validate_network_inputs(lambda name: f"encoder.{name}")
 
     def params(self) -> dict:
         return dataclasses.asdict(self)

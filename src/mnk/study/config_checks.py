@@ -18,6 +18,7 @@ from pathlib import Path
 from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
 from mnk.infra.checks import as_list
 from mnk.kernels.options import KernelOptions
+from mnk.methods.options import OPTION_CLASSES, EncoderOptions, feature_side
 from mnk.tasks.spec import grid_problems
 
 GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")  # NVIDIA driver, ROCm
@@ -35,6 +36,7 @@ def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
         *task_list_problems(tasks, Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
         *mnk_problems(config.get("mnk", {}), tasks),
+        *network_problems(config),
     ]
 
 
@@ -144,6 +146,27 @@ def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
             problems.append("mnk.solver 'lowrank' needs every mnk.grid.r2 > 0: Phi[train, train] has "
                             "rank <= the number of images")
     return problems
+
+
+def network_problems(config: dict) -> list[str]:
+    """Every network must keep a feature map on the data's images (valid convolutions shrink them)."""
+    side = (config.get("data") or {}).get("image_size")
+    if not isinstance(side, int):
+        return []
+    padding = (config.get("encoder") or {}).get("padding", EncoderOptions.padding)
+    nets = [("the label encoder", "encoder.padding", "conv3", padding)]  # conv3's blocks
+    for method, cls in OPTION_CLASSES.items():
+        section = config.get(method) or {}
+        if section.get("enabled", True):
+            options = section.get("options") or {}
+            network = options.get("network", cls.network)
+            nets.append((f"{method}.options.network {network!r}", f"{method}.options.padding", network,
+                         options.get("padding", cls.padding)))
+    return [f"{what} with {key} {padding} has no feature map left on data.image_size {side}x{side} "
+            "images: use padding 1 or larger images"
+            for what, key, network, padding in nets
+            if isinstance(padding, int) and network in ("conv3", "conv4", "imaml4")
+            and feature_side(network, side, padding) < 1]
 
 
 def data_problems(data: dict, workdir: Path, environ) -> list[str]:
