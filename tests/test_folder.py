@@ -12,6 +12,7 @@ from mnk.data import archive as data
 from mnk.data.archive import DataError
 from mnk.data.folder import load_image, read_folder_dataset
 from mnk.data.options import FolderOptions, ImageOptions
+from mnk.data.scan import folder_fingerprint
 from mnk.kernels._validate import as_images
 
 SIZE = 8
@@ -182,6 +183,71 @@ def test_split_errors(tmp_path):
     make_folder(tmp_path / "one", {"a": 2})
     with pytest.raises(DataError, match="leaves one side empty"):
         read_folder_dataset(tmp_path / "one", image_size=SIZE, split=0.5)
+
+
+# ------------------------------------------------------- symbolic links and shared images
+
+
+def test_a_link_loop_is_refused_not_walked(tmp_path):
+    """`alpha/loop -> .` once gave 140 classes instead of 4 (each class many times over)."""
+    make_folder(tmp_path, {"alpha/c1": 2, "alpha/c2": 2, "beta/c1": 2, "beta/c2": 2})
+    (tmp_path / "alpha" / "loop").symlink_to(".")
+    with pytest.raises(DataError, match=r"alpha/loop is \S*alpha, already in the dataset as \S*alpha"):
+        read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)
+
+
+def test_a_class_linked_twice_is_refused(tmp_path):
+    """A training class that is a link to a test class (or two links to one folder) is one class."""
+    make_folder(tmp_path / "train", {"cat": 2, "dog": 2})
+    make_folder(tmp_path / "test", {"fox": 2, "owl": 2}, seed=1)
+    (tmp_path / "train" / "fox_too").symlink_to(tmp_path / "test" / "fox")
+    with pytest.raises(DataError, match=r"test/fox is \S*test/fox, already in the dataset as \S*train/fox_too"):
+        read_folder_dataset(tmp_path / "train", tmp_path / "test", image_size=SIZE)
+    (tmp_path / "train" / "fox_too").unlink()
+    (tmp_path / "train" / "cat_too").symlink_to("cat")  # one root, one side
+    with pytest.raises(DataError, match=r"train/cat_too is \S*train/cat, already in the dataset"):
+        read_folder_dataset(tmp_path / "train", image_size=SIZE, split=0.5)
+    (tmp_path / "train" / "cat_too").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    make_folder(tmp_path / "elsewhere", {"emu": 2}, seed=2)
+    (tmp_path / "train" / "emu").symlink_to(tmp_path / "elsewhere" / "emu")  # a class kept elsewhere is fine
+    out = read_folder_dataset(tmp_path / "train", tmp_path / "test", image_size=SIZE)
+    assert list(out["character_names"]) == ["cat", "dog", "emu", "fox", "owl"]
+
+
+@pytest.mark.parametrize("how", ["copy", "link"])
+def test_an_image_on_both_sides_is_refused(tmp_path, how):
+    """A copy (or a file link) of a test image among the training images trains on the test set."""
+    make_folder(tmp_path, {"a": 2, "b": 2, "c": 2, "d": 2})
+    leaked, target = tmp_path / "d" / "01.png", tmp_path / "a" / "02.png"  # d is on the test side
+    if how == "copy":
+        target.write_bytes(leaked.read_bytes())
+    else:
+        target.symlink_to(leaked)
+    with pytest.raises(DataError, match=r"1 test images are also training images \(same bytes\): \S*d/01\.png = "
+                                         r"\S*a/02\.png"):
+        read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)
+    target.unlink()
+    target.write_bytes((tmp_path / "b" / "01.png").read_bytes())  # shared within the training side: allowed
+    assert read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)["images"].shape[0] == 9
+
+
+def test_the_fingerprint_follows_links_to_what_they_point_at(tmp_path):
+    """The Snakefile's data fingerprint (preprocess_folder's params) changes when an image under
+    a linked class changes; the former `rglob` did not look behind a folder link."""
+    make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    make_folder(tmp_path / "elsewhere", {"c": 2}, seed=1)
+    (tmp_path / "data" / "c").symlink_to(tmp_path / "elsewhere" / "c")
+    roots = [str(tmp_path / "data")]
+    before = folder_fingerprint(roots)
+    assert folder_fingerprint(roots) == before
+    write_png(tmp_path / "elsewhere" / "c" / "01.png", pattern(99))
+    edited = folder_fingerprint(roots)
+    assert edited != before
+    (tmp_path / "data" / "c").unlink()
+    (tmp_path / "data" / "c").symlink_to(tmp_path / "data" / "a")  # re-pointed at a class already there
+    with pytest.raises(DataError, match="already in the dataset"):
+        folder_fingerprint(roots)
 
 
 def test_options_from_config_name_the_key(tmp_path):

@@ -95,18 +95,11 @@ def test_tasks_input():
 
 
 def folder_fingerprint():
-    """Hash of the names, sizes and mtimes of the image folders' files: edits rerun."""
-    import hashlib
+    """Hash of the names, real paths, sizes and mtimes of the images the dataset reads,
+    behind symbolic links too (mnk.data.scan, the loader's own walk): edits rerun."""
+    from mnk.data.scan import folder_fingerprint as fingerprint
 
-    digest = hashlib.sha256()
-    if not STUDY.data.folder_roots:
-        return ""
-    for root in STUDY.data.folder_roots:
-        for path in sorted(Path(root).rglob("*")):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
+    return fingerprint(STUDY.data.folder_roots) if STUDY.data.folder_roots else ""
 
 
 def pool_plan(wildcards):

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
+from mnk.data.sources import stale_archive_problem
 from mnk.infra.checks import as_list
 from mnk.kernels.options import KernelOptions
 from mnk.tasks.spec import grid_problems
@@ -147,8 +148,8 @@ def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
 
 
 def data_problems(data: dict, workdir: Path, environ) -> list[str]:
-    """A mirror download must have a mirror folder (checked only while an archive is missing);
-    a folder dataset's roots must exist."""
+    """A mirror download must have a mirror folder (checked only while an archive is missing),
+    and an archive already here must be that mirror's; a folder dataset's roots must exist."""
     if data.get("dataset", "omniglot") == "folder":
         return folder_problems(data.get("folder") or {}, workdir)
     env_mirror = environ.get("OMNIGLOT_MIRROR")
@@ -156,15 +157,24 @@ def data_problems(data: dict, workdir: Path, environ) -> list[str]:
         source, mirror, key = "mirror", env_mirror, "$OMNIGLOT_MIRROR"
     else:
         source, mirror, key = data.get("source"), data.get("mirror"), "data.mirror"
-    archives = [workdir / "results" / "data" / "raw" / f"{name}.zip" for name in ARCHIVES]
-    if source != "mirror" or all(path.is_file() for path in archives):
+    archives = {name: workdir / "results" / "data" / "raw" / f"{name}.zip" for name in ARCHIVES}
+    if source != "mirror":
         return []
+    if not all(path.is_file() for path in archives.values()):
+        if not mirror:
+            return ["data.source is 'mirror' but data.mirror is empty and $OMNIGLOT_MIRROR is not set"]
+        if not _mirror_folder(mirror, workdir).is_dir():
+            return [f"{key}: the Omniglot mirror folder {mirror} does not exist (seen from {workdir.resolve()})"]
     if not mirror:
-        return ["data.source is 'mirror' but data.mirror is empty and $OMNIGLOT_MIRROR is not set"]
-    folder = Path(mirror) if Path(mirror).is_absolute() else workdir / mirror
-    if not folder.is_dir():
-        return [f"{key}: the Omniglot mirror folder {mirror} does not exist (seen from {workdir.resolve()})"]
-    return []
+        return []
+    # An archive fetched from another mirror would be kept and preprocessed again and again.
+    folder = str(_mirror_folder(mirror, workdir))
+    stale = (stale_archive_problem(path, name, folder, key) for name, path in archives.items())
+    return [problem for problem in stale if problem]
+
+
+def _mirror_folder(mirror: str, workdir: Path) -> Path:
+    return Path(mirror) if Path(mirror).is_absolute() else workdir / mirror
 
 
 def folder_problems(folder: dict, workdir: Path) -> list[str]:
