@@ -153,6 +153,32 @@ def test_truncated_file_is_named(tmp_path):
         read_folder_dataset(tmp_path, image_size=SIZE)
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A 1-bit PNG of 100 bytes whose header claims width x height pixels (all zero)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = zlib.compress(b"\x00" * (1 + (width + 7) // 8) * 8)  # a few rows; the decoder would want them all
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_named(tmp_path):
+    """A tiny PNG claiming 10^10 pixels: PIL refuses it; the error names the file."""
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    (tmp_path / "b" / "bomb.png").write_bytes(bomb_png(100_000, 100_000))
+    assert (tmp_path / "b" / "bomb.png").stat().st_size < 20_000
+    with pytest.raises(DataError, match=r"b/bomb\.png: refused, a decompression bomb\? \(Image size \(10000000000 pixels"):
+        read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)
+    with pytest.raises(DataError, match=r"member x/bomb\.png: refused, a decompression bomb"):
+        data.image_to_array(bomb_png(100_000, 100_000), name="archive.zip: member x/bomb.png")
+    with pytest.raises(DataError, match=r"<bytes>: refused, a decompression bomb"):  # PIL itself only warns
+        load_image(bomb_png(10_000, 10_000), ImageOptions(SIZE))
+
+
 def test_mixed_channels_name_both_files(tmp_path):
     make_folder(tmp_path, {"a": 2})
     make_folder(tmp_path, {"b": 2}, channels=3)

@@ -24,9 +24,11 @@ from mnk.study.config import parse_config  # noqa: E402
 from mnk.methods import options as mnk_options  # noqa: E402
 
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
-# The config, parsed once into frozen sections (every problem listed at once, naming its
-# key): nothing below reads the raw dict but the whole-config hash of the summary rows.
-STUDY = parse_config(config, environ=os.environ)
+# The config, validated against the schema (its defaults filled in) and parsed once into
+# frozen sections (every problem listed at once, naming its key): nothing below reads the raw
+# dict but the whole-config hash of the summary rows.
+SCHEMA = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
+STUDY = parse_config(config, environ=os.environ, schema=SCHEMA)
 CONFIG_HASH = plan.short_hash(config)
 # The image pools and their kernel blocks, planned once.
 POOLS = plan.pools(STUDY)

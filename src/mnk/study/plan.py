@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -104,6 +105,14 @@ class PoolPlan:
             blocks += [Block("cross", i, j, rows, cols) for j, cols in enumerate(train)]
             blocks.append(Block("task", i, 0, rows, rows))
         return tuple(blocks)
+
+    @property
+    def n_blocks(self) -> int:
+        """len(blocks), counted without listing them (the config checks bound it before planning)."""
+        n_train = math.ceil(self.val_start / self.block_size)
+        size = max(self.task_size, self.block_size // self.task_size * self.task_size)
+        n_eval = math.ceil((self.n_images - self.val_start) / size)
+        return n_train * (n_train + 1) // 2 + n_eval * (n_train + 1)
 
     def block(self, name: str) -> Block:
         for block in self.blocks:
