@@ -218,14 +218,18 @@ def test_nan_is_refused_for_every_float():
 
 def test_the_number_of_kernel_blocks_is_bounded_before_planning():
     """A tiny block size multiplies the jobs: refused, counted without listing the blocks."""
-    from mnk.study.plan import pools
+    from mnk.study.plan import check_plan_size, pools
 
     config = _edited(lambda c: c["kernel"].update(block_size=5))
-    message = _problems(config, REPO)
+    with pytest.raises(ConfigError) as error:
+        check_plan_size(pools(parse_config(config)))
     # 3 pools x (24 * 25 / 2 training blocks + 60 evaluation chunks x 25)
-    assert "the study would plan 5400 kernel blocks (jobs), more than 5000: raise kernel.block_size (5)" in message
+    assert "the study would plan 5400 kernel blocks (jobs) in 3 image pools, more than 5000: raise " \
+           "kernel.block_size (5)" in str(error.value)
     config["kernel"]["block_size"] = 10  # 3 x (12 * 13 / 2 + 60 x 13), listed
-    assert sum(len(pool.blocks) for pool in pools(parse_config(config)).values()) == 2574
+    plans = pools(parse_config(config))
+    check_plan_size(plans)
+    assert sum(len(pool.blocks) for pool in plans.values()) == 2574
 
 
 # ------------------------------------------------------------------ through Snakemake
@@ -241,6 +245,7 @@ def _snakemake(workdir: Path, *args, env=None):
     (lambda c: c["kernel"].update(depth=1), "kernel.depth: 1 is less than the minimum of 2"),  # conditional bound
     (lambda c: c["tasks"].update(n_val_tasks=100000000), "tasks.n_val_tasks: 100000000 is greater than the maximum"),
     (lambda c: c["mnk"].update(inner_time=math.nan), "mnk.inner_time is NaN"),  # mnk.study.config_checks
+    (lambda c: c["kernel"].update(block_size=5), "the study would plan 5400 kernel blocks"),  # mnk.study.plan
     (lambda c: c["tasks"].update(n_test_tasks=20000), "20000 is greater than the maximum"),
     (lambda c: c["tasks"].update(seeds=[0, 0]), "non-unique"),
     (lambda c: c["tasks"].update(way=[1], n_characters=[5]), "less than the minimum of 2"),

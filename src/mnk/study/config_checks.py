@@ -28,11 +28,6 @@ class ConfigError(ValueError):
     """A config that cannot work; the message names the keys."""
 
 
-# Kernel blocks (one job each) a study may plan: the dry run of 2,430 took 15 s on the 2-core
-# VM, and planning grows faster than the number of jobs (an unbounded count hung it at 17 GB).
-MAX_KERNEL_BLOCKS = 5000
-
-
 def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     """Every problem the config alone decides (no data, no machine): the parse's checks."""
     tasks = config.get("tasks", {})
@@ -41,7 +36,6 @@ def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
         *task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")),
         *task_list_problems(tasks, Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
-        *plan_problems(tasks, config.get("kernel", {}), Path(workdir)),
         *mnk_problems(config.get("mnk", {}), tasks),
     ]
 
@@ -56,31 +50,6 @@ def nan_problems(value, key: str = "") -> list[str]:
     if isinstance(value, float) and math.isnan(value):
         return [f"{key} is NaN; give a number"]
     return []
-
-
-def plan_problems(tasks: dict, kernel: dict, workdir: Path = Path(".")) -> list[str]:
-    """The study's kernel blocks, counted before they are planned, at most MAX_KERNEL_BLOCKS."""
-    from mnk.study.plan import PoolPlan
-    from mnk.tasks.tasklist import TaskListError, task_list_shape
-
-    n_test = tasks.get("n_test_tasks")
-    if tasks.get("test_tasks"):  # the list's tasks replace the sampled ones
-        try:
-            n_test = task_list_shape(list_path(tasks["test_tasks"], workdir))["n_tasks"]
-        except TaskListError:  # task_list_problems names it
-            return []
-    try:
-        per_seed = sum(PoolPlan(way, shot, 0, tasks["query"], tuple(as_list(tasks["n_characters"])),
-                                tasks["n_val_tasks"], n_test, kernel["block_size"]).n_blocks
-                       for way in as_list(tasks["way"]) for shot in as_list(tasks["shot"]))
-        blocks = per_seed * len(as_list(tasks["seeds"]))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a missing or bad key: the schema's business
-        return []
-    if blocks <= MAX_KERNEL_BLOCKS:
-        return []
-    return [f"the study would plan {blocks} kernel blocks (jobs), more than {MAX_KERNEL_BLOCKS}: raise "
-            f"kernel.block_size ({kernel['block_size']}) or lower the counts of tasks.n_characters, "
-            "tasks.n_val_tasks, tasks.n_test_tasks, tasks.query, tasks.way, tasks.shot or tasks.seeds"]
 
 
 def task_problems(tasks: dict, dataset: str = "omniglot") -> list[str]:

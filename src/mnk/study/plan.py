@@ -176,6 +176,24 @@ def pools(study: StudyConfig) -> dict[str, PoolPlan]:
     return {p.name: p for p in plans}
 
 
+# Kernel blocks (one job each) a study may plan: the dry run of 2,430 took 15 s on the 2-core
+# VM, and planning grows faster than the number of jobs (an unbounded count hung it at 17 GB).
+MAX_KERNEL_BLOCKS = 5000
+
+
+def check_plan_size(plans: dict[str, PoolPlan]) -> None:
+    """Refuse a study of more than MAX_KERNEL_BLOCKS kernel blocks, counted before they are listed."""
+    from mnk.study.config_checks import ConfigError
+
+    blocks = sum(pool.n_blocks for pool in plans.values())
+    if blocks > MAX_KERNEL_BLOCKS:
+        first = next(iter(plans.values()))
+        raise ConfigError(
+            f"invalid configuration:\n  - the study would plan {blocks} kernel blocks (jobs) in {len(plans)} image "
+            f"pools, more than {MAX_KERNEL_BLOCKS}: raise kernel.block_size ({first.block_size}) or lower "
+            "tasks.n_characters, n_val_tasks, n_test_tasks, query, way, shot or the number of seeds")
+
+
 def pool_name(exp: str) -> str:
     e = parse_experiment(exp)
     return f"pool-{e['way']}way{e['shot']}shot-seed{e['seed']}"
