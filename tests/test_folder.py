@@ -37,7 +37,7 @@ def make_folder(root, classes: dict[str, int], channels: int = 1, light: bool = 
     written = {}
     for c, (name, count) in enumerate(classes.items()):
         for k in range(count):
-            pixels = pattern(1000 * seed + 100 * c + k, channels, light)
+            pixels = pattern(1_000_000 * seed + 1000 * c + k, channels, light)  # distinct for < 1000 classes, images
             write_png(root / name / f"{k:02d}.png", pixels)
             written[name, k] = pixels
     return written
