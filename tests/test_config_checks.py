@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from mnk.study import config_checks
-from mnk.study.config import parse_config
+from mnk.study.config import SCHEMA, parse_config
 from mnk.study.config_checks import ConfigError, check_devices
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,42 @@ def test_mirror_source_needs_an_existing_folder_while_archives_are_missing(tmp_p
     parse_config(config, workdir=tmp_path, environ=NO_ENV)  # downloaded already: the mirror is not needed
 
 
+def _mirror(folder: Path, contents: dict) -> Path:
+    """A mirror folder: the archives' bytes and their SHA256SUMS."""
+    import hashlib
+
+    folder.mkdir(parents=True)
+    for name, payload in contents.items():
+        (folder / f"{name}.zip").write_bytes(payload)
+    (folder / "SHA256SUMS").write_text("".join(f"{hashlib.sha256(payload).hexdigest()}  {name}.zip\n"
+                                               for name, payload in contents.items()))
+    return folder
+
+
+def test_an_archive_from_another_mirror_is_refused_with_the_way_out(tmp_path):
+    """After a bad mirror, pointing $OMNIGLOT_MIRROR at a good one kept the bad archive (the
+    download rule does not rerun) and preprocessing failed again and again."""
+    bad = _mirror(tmp_path / "bad", {"images_background": b"bad copy", "images_evaluation": b"good evaluation"})
+    good = _mirror(tmp_path / "good", {"images_background": b"good background", "images_evaluation": b"good evaluation"})
+    raw = tmp_path / "results" / "data" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("images_background", "images_evaluation"):
+        (raw / f"{name}.zip").write_bytes((bad / f"{name}.zip").read_bytes())  # what the bad mirror gave
+    config = _edited(lambda c: c["data"].update(source="official"))
+    parse_config(config, workdir=tmp_path, environ={"OMNIGLOT_MIRROR": str(bad)})  # its own mirror: fine
+    message = _problems(config, tmp_path, {"OMNIGLOT_MIRROR": str(good)})
+    archive = raw / "images_background.zip"
+    assert message.count("\n  - ") == 1 and "images_evaluation" not in message  # that one is the good mirror's too
+    assert f"{archive} is not the archive of the mirror {good} ($OMNIGLOT_MIRROR)" in message
+    assert f"`rm {archive} && snakemake --cores all --forcerun {archive}`" in message
+    archive.write_bytes(b"good background")
+    parse_config(config, workdir=tmp_path, environ={"OMNIGLOT_MIRROR": str(good)})
+    # under data.mirror (relative to the working directory) likewise
+    from_config = _edited(lambda c: c["data"].update(source="mirror", mirror="bad"))
+    assert "(data.mirror)" in _problems(from_config, tmp_path)
+    parse_config(config, workdir=tmp_path, environ=NO_ENV)  # source official: what is here is kept
+
+
 @pytest.mark.parametrize("key,edit", [
     ("device", lambda c: c.update(device="cuda")),
     ("kernel.backend", lambda c: c["kernel"].update(backend="cuda")),
@@ -136,6 +172,71 @@ def test_config_checks_import_without_numpy_or_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+# ------------------------------------------------------- the schema, every error at once
+
+
+def _schema_problems(config) -> str:
+    with pytest.raises(ConfigError) as error:
+        parse_config(config, environ=NO_ENV, schema=SCHEMA)
+    return str(error.value)
+
+
+def test_the_schema_lists_every_error_at_once():
+    """docs/troubleshooting.md promises every problem at once; Snakemake's `validate` stopped
+    at the first."""
+    config = _edited(lambda c: (c["kernel"].update(depth="deep"), c["tasks"].update(query=0),
+                                c["encoder"].update(lr=-1.0)))
+    message = _schema_problems(config)
+    assert message.count("\n  - ") == 3, message
+    for expected in ("encoder.lr: -1.0 is less than or equal to the minimum of 0", "kernel.depth: 'deep' is not of type",
+                     "tasks.query: 0 is less than the minimum of 1"):
+        assert expected in message
+    config = copy.deepcopy(DEFAULT)
+    del config["tasks"]["n_val_characters"]
+    assert "dataset" not in config["data"]
+    parse_config(config, environ=NO_ENV, schema=SCHEMA)
+    assert config["tasks"]["n_val_characters"] == 20 and config["data"]["dataset"] == "omniglot"  # defaults set
+
+
+@pytest.mark.parametrize("key", ["n_val_tasks", "n_test_tasks", "query", "enlarge_ratio", "n_val_characters"])
+def test_every_count_that_sizes_the_plan_is_bounded_by_the_schema(key):
+    """`tasks.n_val_tasks: 100000000` hung the dry run at 17 GB (n_test_tasks was capped)."""
+    assert f"tasks.{key}: 100000000 is greater than the maximum" in _schema_problems(
+        _edited(lambda c: c["tasks"].update({key: 100000000})))
+
+
+@pytest.mark.parametrize("key", ["way", "shot", "n_characters"])
+def test_every_grid_count_is_bounded_by_the_schema(key):
+    assert f"tasks.{key}.0: 100000000 is greater than the maximum" in _schema_problems(
+        _edited(lambda c: c["tasks"].update({key: [100000000]})))
+
+
+def test_nan_is_refused_for_every_float():
+    """NaN passes every bound of the schema (measured: NaN mnk.inner_time failed after 35 jobs)."""
+    config = _edited(lambda c: (c["mnk"].update(inner_time=math.nan, meta_time=math.nan),
+                                c["mnk"]["grid"].update(r2=[1.0, math.nan]), c["maml"]["options"].update(inner_lr=math.nan)))
+    message = _problems(config, REPO)
+    for key in ("mnk.inner_time", "mnk.meta_time", "mnk.grid.r2[1]", "maml.options.inner_lr"):
+        assert f"{key} is NaN" in message, message
+    parse_config(_edited(lambda c: c["mnk"].update(meta_time=math.inf)), environ=NO_ENV, schema=SCHEMA)  # inf is meant
+
+
+def test_the_number_of_kernel_blocks_is_bounded_before_planning():
+    """A tiny block size multiplies the jobs: refused, counted without listing the blocks."""
+    from mnk.study.plan import check_plan_size, pools
+
+    config = _edited(lambda c: c["kernel"].update(block_size=5))
+    with pytest.raises(ConfigError) as error:
+        check_plan_size(pools(parse_config(config)))
+    # 3 pools x (24 * 25 / 2 training blocks + 60 evaluation chunks x 25)
+    assert "the study would plan 5400 kernel blocks (jobs) in 3 image pools, more than 5000: raise " \
+           "kernel.block_size (5)" in str(error.value)
+    config["kernel"]["block_size"] = 10  # 3 x (12 * 13 / 2 + 60 x 13), listed
+    plans = pools(parse_config(config))
+    check_plan_size(plans)
+    assert sum(len(pool.blocks) for pool in plans.values()) == 2574
+
+
 # ------------------------------------------------------------------ through Snakemake
 
 
@@ -146,7 +247,10 @@ def _snakemake(workdir: Path, *args, env=None):
 
 @pytest.mark.parametrize("edit,expected", [
     (lambda c: c["tasks"].update(n_characters=[5, 12]), "tasks.n_characters 12 is not a multiple"),  # mnk.study.config_checks
-    (lambda c: c["kernel"].update(depth=1), "'kernel'"),  # the schema's conditional bound
+    (lambda c: c["kernel"].update(depth=1), "kernel.depth: 1 is less than the minimum of 2"),  # conditional bound
+    (lambda c: c["tasks"].update(n_val_tasks=100000000), "tasks.n_val_tasks: 100000000 is greater than the maximum"),
+    (lambda c: c["mnk"].update(inner_time=math.nan), "mnk.inner_time is NaN"),  # mnk.study.config_checks
+    (lambda c: c["kernel"].update(block_size=5), "the study would plan 5400 kernel blocks"),  # mnk.study.plan
     (lambda c: c["tasks"].update(n_test_tasks=20000), "20000 is greater than the maximum"),
     (lambda c: c["tasks"].update(seeds=[0, 0]), "non-unique"),
     (lambda c: c["tasks"].update(way=[1], n_characters=[5]), "less than the minimum of 2"),

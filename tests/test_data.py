@@ -130,8 +130,9 @@ def test_incomplete_archive_fails_counts(mirror, tmp_path):
             if "/character01/" not in info.filename or "Angelic" not in info.filename:
                 out.writestr(info, source.read(info))
     archives = {"images_background": mirror / "images_background.zip", "images_evaluation": partial}
-    with pytest.raises(DataError, match="expected .*'characters': 659.*found .*'characters': 658"):
+    with pytest.raises(DataError, match="expected .*'characters': 659.*found .*'characters': 658") as error:
         data.preprocess(archives, progress=False)
+    assert f"`rm {partial} && snakemake --cores all --forcerun {partial}`" in str(error.value)  # the way out
 
 
 def test_preprocessed_counts_and_ids(omniglot):

@@ -85,7 +85,9 @@ def test_bad_input_messages(data):
 
 
 @pytest.mark.parametrize("changes,message", [({"width": 0}, "encoder.width must be an integer >= 1"),
-                                             ({"lr": -1.0}, "encoder.lr must be a number > 0"),
+                                             ({"lr": -1.0}, "encoder.lr must be a finite number > 0"),
+                                             ({"lr": float("inf")}, "encoder.lr must be a finite number > 0"),
+                                             ({"lr": float("nan")}, "encoder.lr must be a finite number > 0"),
                                              ({"depth": 3}, "depth")])
 def test_bad_options_name_the_key(changes, message):
     with pytest.raises((ValueError, TypeError), match=message):
@@ -131,3 +133,36 @@ def test_input_standardisation_uses_the_training_images_and_travels_with_the_enc
     others = imgs[::-1] * 0.5 + 0.2
     prepared = ((1.0 - others - flipped.mean()) / flipped.std()).astype(np.float32)
     np.testing.assert_allclose(encode(loaded, others), encode(bare, prepared), rtol=1e-5, atol=1e-5)
+
+
+def test_a_diverged_encoder_stops_naming_encoder_lr(data):
+    """A learning rate so large that the loss is NaN (measured with `encoder.lr: .inf`: the
+    prototypes baseline then scored exactly chance, exit 0) stops the training, naming the key."""
+    imgs, labels = data
+    with pytest.raises(FloatingPointError, match=r"loss nan in epoch 1; lower encoder.lr \(now 1e\+20\)"):
+        train_label_encoder(imgs, labels, options(lr=1e20, epochs=2), seed=0, **KW)
+
+
+def test_non_finite_features_are_an_error_never_class_0(data):
+    """NaN features (broken weights) are refused by the encoder and by every decoder: argmax
+    would call them class 0."""
+    from mnk.methods.targets import decode
+    from mnk.study.selection import prototype_labels
+
+    imgs, labels = data
+    model, _ = train_label_encoder(imgs, labels, options(epochs=1), seed=0, **KW)
+    with torch.no_grad():
+        model.head.weight.zero_()  # the head does not touch the features: still finite
+        next(model.features.parameters())[0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"features are not finite for 24 of 24 images"):
+        encode(model, imgs, "cpu")
+    features = np.ones((6, 3))
+    features[4] = np.nan  # a query of the task below
+    tasks = {"way": 2, "test_support": np.array([[0, 1]]), "test_query": np.array([[2, 4]]),
+             "test_support_labels": np.array([[0, 1]]), "test_query_labels": np.array([[0, 1]])}
+    with pytest.raises(FloatingPointError, match=r"not finite \(3 values, first at \(0, 1, 0\)\)"):
+        prototype_labels(features, tasks, "test")
+    centroids = np.array([[[0.0, 1.0], [np.nan, 0.0]]])
+    for decoder in ("nearest_centroid", "least_squares"):
+        with pytest.raises(FloatingPointError, match="class encodings"):
+            decode(np.zeros((1, 2, 2)), centroids, decoder)

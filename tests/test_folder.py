@@ -12,6 +12,7 @@ from mnk.data import archive as data
 from mnk.data.archive import DataError
 from mnk.data.folder import load_image, read_folder_dataset
 from mnk.data.options import FolderOptions, ImageOptions
+from mnk.data.scan import folder_fingerprint
 from mnk.kernels._validate import as_images
 
 SIZE = 8
@@ -36,7 +37,7 @@ def make_folder(root, classes: dict[str, int], channels: int = 1, light: bool = 
     written = {}
     for c, (name, count) in enumerate(classes.items()):
         for k in range(count):
-            pixels = pattern(1000 * seed + 100 * c + k, channels, light)
+            pixels = pattern(1_000_000 * seed + 1000 * c + k, channels, light)  # distinct for < 1000 classes, images
             write_png(root / name / f"{k:02d}.png", pixels)
             written[name, k] = pixels
     return written
@@ -152,6 +153,32 @@ def test_truncated_file_is_named(tmp_path):
         read_folder_dataset(tmp_path, image_size=SIZE)
 
 
+def bomb_png(width: int, height: int) -> bytes:
+    """A 1-bit PNG of 100 bytes whose header claims width x height pixels (all zero)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    rows = zlib.compress(b"\x00" * (1 + (width + 7) // 8) * 8)  # a few rows; the decoder would want them all
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_named(tmp_path):
+    """A tiny PNG claiming 10^10 pixels: PIL refuses it; the error names the file."""
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    (tmp_path / "b" / "bomb.png").write_bytes(bomb_png(100_000, 100_000))
+    assert (tmp_path / "b" / "bomb.png").stat().st_size < 20_000
+    with pytest.raises(DataError, match=r"b/bomb\.png: refused, a decompression bomb\? \(Image size \(10000000000 pixels"):
+        read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)
+    with pytest.raises(DataError, match=r"member x/bomb\.png: refused, a decompression bomb"):
+        data.image_to_array(bomb_png(100_000, 100_000), name="archive.zip: member x/bomb.png")
+    with pytest.raises(DataError, match=r"<bytes>: refused, a decompression bomb"):  # PIL itself only warns
+        load_image(bomb_png(10_000, 10_000), ImageOptions(SIZE))
+
+
 def test_mixed_channels_name_both_files(tmp_path):
     make_folder(tmp_path, {"a": 2})
     make_folder(tmp_path, {"b": 2}, channels=3)
@@ -182,6 +209,71 @@ def test_split_errors(tmp_path):
     make_folder(tmp_path / "one", {"a": 2})
     with pytest.raises(DataError, match="leaves one side empty"):
         read_folder_dataset(tmp_path / "one", image_size=SIZE, split=0.5)
+
+
+# ------------------------------------------------------- symbolic links and shared images
+
+
+def test_a_link_loop_is_refused_not_walked(tmp_path):
+    """`alpha/loop -> .` once gave 140 classes instead of 4 (each class many times over)."""
+    make_folder(tmp_path, {"alpha/c1": 2, "alpha/c2": 2, "beta/c1": 2, "beta/c2": 2})
+    (tmp_path / "alpha" / "loop").symlink_to(".")
+    with pytest.raises(DataError, match=r"alpha/loop is \S*alpha, already in the dataset as \S*alpha"):
+        read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)
+
+
+def test_a_class_linked_twice_is_refused(tmp_path):
+    """A training class that is a link to a test class (or two links to one folder) is one class."""
+    make_folder(tmp_path / "train", {"cat": 2, "dog": 2})
+    make_folder(tmp_path / "test", {"fox": 2, "owl": 2}, seed=1)
+    (tmp_path / "train" / "fox_too").symlink_to(tmp_path / "test" / "fox")
+    with pytest.raises(DataError, match=r"test/fox is \S*test/fox, already in the dataset as \S*train/fox_too"):
+        read_folder_dataset(tmp_path / "train", tmp_path / "test", image_size=SIZE)
+    (tmp_path / "train" / "fox_too").unlink()
+    (tmp_path / "train" / "cat_too").symlink_to("cat")  # one root, one side
+    with pytest.raises(DataError, match=r"train/cat_too is \S*train/cat, already in the dataset"):
+        read_folder_dataset(tmp_path / "train", image_size=SIZE, split=0.5)
+    (tmp_path / "train" / "cat_too").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    make_folder(tmp_path / "elsewhere", {"emu": 2}, seed=2)
+    (tmp_path / "train" / "emu").symlink_to(tmp_path / "elsewhere" / "emu")  # a class kept elsewhere is fine
+    out = read_folder_dataset(tmp_path / "train", tmp_path / "test", image_size=SIZE)
+    assert list(out["character_names"]) == ["cat", "dog", "emu", "fox", "owl"]
+
+
+@pytest.mark.parametrize("how", ["copy", "link"])
+def test_an_image_on_both_sides_is_refused(tmp_path, how):
+    """A copy (or a file link) of a test image among the training images trains on the test set."""
+    make_folder(tmp_path, {"a": 2, "b": 2, "c": 2, "d": 2})
+    leaked, target = tmp_path / "d" / "01.png", tmp_path / "a" / "02.png"  # d is on the test side
+    if how == "copy":
+        target.write_bytes(leaked.read_bytes())
+    else:
+        target.symlink_to(leaked)
+    with pytest.raises(DataError, match=r"1 test images are also training images \(same bytes\): \S*d/01\.png = "
+                                         r"\S*a/02\.png"):
+        read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)
+    target.unlink()
+    target.write_bytes((tmp_path / "b" / "01.png").read_bytes())  # shared within the training side: allowed
+    assert read_folder_dataset(tmp_path, image_size=SIZE, split=0.5)["images"].shape[0] == 9
+
+
+def test_the_fingerprint_follows_links_to_what_they_point_at(tmp_path):
+    """The Snakefile's data fingerprint (preprocess_folder's params) changes when an image under
+    a linked class changes; the former `rglob` did not look behind a folder link."""
+    make_folder(tmp_path / "data", {"a": 2, "b": 2})
+    make_folder(tmp_path / "elsewhere", {"c": 2}, seed=1)
+    (tmp_path / "data" / "c").symlink_to(tmp_path / "elsewhere" / "c")
+    roots = [str(tmp_path / "data")]
+    before = folder_fingerprint(roots)
+    assert folder_fingerprint(roots) == before
+    write_png(tmp_path / "elsewhere" / "c" / "01.png", pattern(99))
+    edited = folder_fingerprint(roots)
+    assert edited != before
+    (tmp_path / "data" / "c").unlink()
+    (tmp_path / "data" / "c").symlink_to(tmp_path / "data" / "a")  # re-pointed at a class already there
+    with pytest.raises(DataError, match="already in the dataset"):
+        folder_fingerprint(roots)
 
 
 def test_options_from_config_name_the_key(tmp_path):

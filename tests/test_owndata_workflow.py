@@ -168,6 +168,26 @@ def test_rgb_folder_dataset_end_to_end(tmp_path):
     assert (summary["test_tasks"] == "sampled").all() and (summary["n_test_tasks"] == 2).all()
 
 
+@pytest.mark.slow
+def test_an_edit_behind_a_linked_class_reruns_preprocessing(tmp_path):
+    """The data fingerprint follows folder links: an image edited under a linked class is seen
+    (the former `rglob` fingerprint gave "Nothing to be done")."""
+    data = folder_data(tmp_path / "data", {f"c{c}": 5 for c in range(9)}, {f"t{c}": 5 for c in range(5)}, image_size=8)
+    make_folder(tmp_path / "elsewhere", {"c9": 5}, seed=2)
+    (tmp_path / "data" / "train" / "c9").symlink_to(tmp_path / "elsewhere" / "c9")
+    config = config_with(data=data, tasks={"n_characters": [5], "n_val_characters": 5}, kernel={"image_size": 8})
+    root = tmp_path / "project"
+    for name in COPY:
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    write_config(root / "config" / "config.yaml", config)
+    snakemake(root, "--cores", "1", "results/data/dataset.npz")
+    assert load_npz(root / "results" / "data" / "dataset.npz")["images"].shape == (75, 8, 8)
+    assert not planned_jobs(root, "results/data/dataset.npz")
+    image = tmp_path / "elsewhere" / "c9" / "03.png"
+    image.write_bytes((tmp_path / "data" / "train" / "c0" / "00.png").read_bytes())
+    assert [rule for rule, _ in planned_jobs(root, "results/data/dataset.npz")] == ["preprocess_folder"]
+
+
 def test_config_checks_apply_omniglot_bounds_to_omniglot_only():
     from mnk.study.config_checks import task_problems
 

@@ -75,3 +75,15 @@ def test_task_settings_are_checked_before_any_download(repo, edit, message):
     config["tasks"].update(edit)
     with pytest.raises(ValueError, match=message):
         plan.pools(parse_config(config))
+
+
+def test_the_block_count_equals_the_listed_blocks():
+    """PoolPlan.n_blocks (what check_plan_size bounds, without listing) against len(blocks)."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        pool = plan.PoolPlan(rng.randint(2, 6), rng.randint(1, 3), 0, rng.randint(1, 5),
+                             tuple(sorted(rng.sample(range(2, 60), 2))), rng.randint(0, 20), rng.randint(1, 30),
+                             rng.randint(1, 200))
+        assert pool.n_blocks == len(pool.blocks), pool

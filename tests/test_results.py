@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,6 +83,17 @@ def test_summary_rejects_incomplete_metrics(tmp_path):
     path.write_text(json.dumps({"method": "mnk", "accuracy": 0.5}))
     with pytest.raises(ValueError, match="lacks .*ci95_low"):
         summarise([path])
+
+
+def test_a_corrupt_metrics_file_is_named(tmp_path):
+    """A truncated metrics.json was a bare JSONDecodeError; now the file and its cure are named."""
+    from mnk.infra.io import CorruptFileError
+
+    paths = _paths(tmp_path)
+    paths[4].write_text(paths[4].read_text()[:40])
+    with pytest.raises(CorruptFileError, match=rf"JSON file {re.escape(str(paths[4]))} is corrupt or truncated "
+                                               rf"\(JSONDecodeError: .*\); rebuild it, .*--forcerun {re.escape(str(paths[4]))}"):
+        summarise(paths)
 
 
 def test_paired_differences_equal_a_direct_computation(tmp_path):

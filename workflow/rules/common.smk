@@ -20,16 +20,18 @@ from mnk.study import (
     plan,
 )  # noqa: E402 (needs SRC_DIR on sys.path; no numpy)
 from mnk.data.omniglot import ARCHIVES  # noqa: E402
-from mnk.study.config import parse_config  # noqa: E402
+from mnk.study.config import SCHEMA, parse_config  # noqa: E402
 from mnk.methods import options as mnk_options  # noqa: E402
 
 EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
-# The config, parsed once into frozen sections (every problem listed at once, naming its
-# key): nothing below reads the raw dict but the whole-config hash of the summary rows.
-STUDY = parse_config(config, environ=os.environ)
+# The config, validated against the schema (its defaults filled in) and parsed once into
+# frozen sections (every problem listed at once, naming its key): nothing below reads the raw
+# dict but the whole-config hash of the summary rows.
+STUDY = parse_config(config, environ=os.environ, schema=SCHEMA)
 CONFIG_HASH = plan.short_hash(config)
-# The image pools and their kernel blocks, planned once.
+# The image pools and their kernel blocks, planned once (their number bounded first).
 POOLS = plan.pools(STUDY)
+plan.check_plan_size(POOLS)
 # The test-task list (tasks.test_tasks), checked: its shape and id; None without one.
 TEST_TASKS = STUDY.test_tasks
 # Baselines without meta-learning: always run (they reuse the kernel and the encoder).
@@ -95,18 +97,11 @@ def test_tasks_input():
 
 
 def folder_fingerprint():
-    """Hash of the names, sizes and mtimes of the image folders' files: edits rerun."""
-    import hashlib
+    """Hash of the names, real paths, sizes and mtimes of the images the dataset reads,
+    behind symbolic links too (mnk.data.scan, the loader's own walk): edits rerun."""
+    from mnk.data.scan import folder_fingerprint as fingerprint
 
-    digest = hashlib.sha256()
-    if not STUDY.data.folder_roots:
-        return ""
-    for root in STUDY.data.folder_roots:
-        for path in sorted(Path(root).rglob("*")):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()[:16]
+    return fingerprint(STUDY.data.folder_roots) if STUDY.data.folder_roots else ""
 
 
 def pool_plan(wildcards):

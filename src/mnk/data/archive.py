@@ -13,8 +13,6 @@ by name. This order defines the original code's split (first 1200 characters tra
 from __future__ import annotations
 
 import errno
-import hashlib
-import io
 import logging
 import os
 import re
@@ -26,107 +24,20 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from mnk.data.omniglot import ARCHIVES, EXPECTED_COUNTS
 from mnk.data.options import RESAMPLE_FILTERS
+from mnk.data.scan import DataError  # noqa: F401 (the data stage's one error, raised here too)
+from mnk.data.sources import (MIRROR_ENV, OFFICIAL_MD5, OFFICIAL_URL, Source, file_digest,  # noqa: F401
+                              read_checksum_file, resolve_source)
 from mnk.infra.io import atomic_path, save_npz
 
 log = logging.getLogger("mnk.data.archive")
 
-OFFICIAL_URL = "https://github.com/brendenlake/omniglot/raw/master/python/{name}.zip"
-# md5 of the official archives (what a download from OFFICIAL_URL gives).
-OFFICIAL_MD5 = {
-    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
-    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
-}
-MIRROR_ENV = "OMNIGLOT_MIRROR"
-
-
-class DataError(RuntimeError):
-    """Bad or corrupt input data: the message names the file and the problem."""
-
-
 # --------------------------------------------------------------------------- download
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where an archive comes from: a URL or a mirror file, and its expected digest."""
-
-    location: str
-    algorithm: str
-    digest: str
-
-    @property
-    def is_url(self) -> bool:
-        return self.location.startswith(("http://", "https://"))
-
-
-_BSD_LINE = re.compile(r"^(?P<algorithm>[A-Za-z0-9-]+) \((?P<name>.+)\) = (?P<digest>[0-9A-Fa-f]+)$")
-_CHECKSUM_FILES = (("sha256", "SHA256SUMS"), ("md5", "MD5SUMS"))
-
-
-def read_checksum_file(path: Path) -> dict[str, str]:
-    """Parse a checksum file: GNU lines '<digest>  [*]<file name>' (`sha256sum`) or BSD lines
-    'SHA256 (<file name>) = <digest>' (`sha256sum --tag`, macOS `shasum`/`md5`)."""
-    return {name: digest for name, (_, digest) in _checksum_entries(path).items()}
-
-
-def _checksum_entries(path: Path) -> dict[str, tuple[str | None, str]]:
-    """{file name: (algorithm named on a BSD line or None, digest)}."""
-    entries = {}
-    for line in path.read_text().splitlines():
-        bsd = _BSD_LINE.match(line.strip())
-        if bsd:
-            algorithm = bsd["algorithm"].lower().replace("-", "")
-            entries[bsd["name"]] = (algorithm, bsd["digest"].lower())
-            continue
-        parts = line.split()
-        if len(parts) == 2:
-            entries[parts[1].lstrip("*")] = (None, parts[0].lower())
-    return entries
-
-
-def resolve_source(name: str, source: str = "official", mirror: str | None = None) -> Source:
-    """The source of archive `name`. `$OMNIGLOT_MIRROR`, when set, overrides the config."""
-    if name not in ARCHIVES:
-        raise ValueError(f"unknown Omniglot archive {name!r}; expected one of {ARCHIVES}")
-    env_mirror = os.environ.get(MIRROR_ENV)
-    if env_mirror:
-        source, mirror = "mirror", env_mirror
-    if source == "official":
-        return Source(OFFICIAL_URL.format(name=name), "md5", OFFICIAL_MD5[name])
-    if source != "mirror":
-        raise ValueError(f"data.source must be 'official' or 'mirror', got {source!r}")
-    if not mirror:
-        raise ValueError(f"data.source is 'mirror' but no mirror folder is given (data.mirror or ${MIRROR_ENV})")
-    folder = Path(mirror)
-    if not folder.is_dir():
-        raise DataError(f"Omniglot mirror folder {folder} does not exist")
-    file_name = f"{name}.zip"
-    for algorithm, sums_name in _CHECKSUM_FILES:
-        sums_path = folder / sums_name
-        if sums_path.is_file():
-            entries = _checksum_entries(sums_path)
-            if file_name in entries:
-                tagged, digest = entries[file_name]
-                return Source(str(folder / file_name), tagged or algorithm, digest)
-    raise DataError(
-        f"mirror {folder} has no checksum for {file_name}: expected a line '<digest>  {file_name}' or "
-        f"'SHA256 ({file_name}) = <digest>' in {' or '.join(n for _, n in _CHECKSUM_FILES)}"
-    )
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 OFFLINE_HINT = (f"to work without internet, use a local copy of Omniglot: data.source: mirror and "
@@ -274,18 +185,21 @@ def extract_archive(archive: str | os.PathLike, target: str | os.PathLike) -> Pa
 # -------------------------------------------------------------------- preprocessing
 
 
-def image_to_array(png: bytes, size: int = 28, resample: str = "lanczos") -> np.ndarray:
+def image_to_array(png: bytes, size: int = 28, resample: str = "lanczos", name: str = "<bytes>") -> np.ndarray:
     """105x105 1-bit PNG -> (size, size) float32, strokes 1, background 0.
 
     Converted to 8-bit grey, resized with the named PIL filter (default Lanczos, which
     antialiases; the original code used PIL `resize` then `/255`), divided by 255 and
-    inverted so that the background is exactly zero (the CNTK pads with zeros).
+    inverted so that the background is exactly zero (the CNTK pads with zeros). An
+    unreadable image (or a decompression bomb) is a DataError naming `name`.
     """
     from PIL import Image
 
+    from mnk.data.folder import open_image
+
     if resample not in RESAMPLE_FILTERS:
         raise ValueError(f"resample must be one of {RESAMPLE_FILTERS}, got {resample!r}")
-    image = Image.open(io.BytesIO(png)).convert("L")
+    image = open_image(png, name).convert("L")
     image = image.resize((size, size), getattr(Image.Resampling, resample.upper()))
     return 1.0 - np.asarray(image, dtype=np.float32) / 255.0
 
@@ -315,7 +229,7 @@ def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resamp
             match = re.fullmatch(r"\d+_(\d+)\.png", file_name)
             if not match:
                 raise DataError(f"{path.name}: unexpected image name {file_name!r} in {key}")
-            images.append(image_to_array(payload, size, resample))
+            images.append(image_to_array(payload, size, resample, f"{path}: member {key}/{file_name}"))
             alphabet_ids.append(len(alphabet_names) - 1)
             character_ids.append(len(character_names) - 1)
             drawers.append(int(match.group(1)))
@@ -324,8 +238,9 @@ def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resamp
         found = {"alphabets": len(seen_alphabets), "characters": len(seen_characters), "images": count}
         if found != expected:
             raise DataError(
-                f"{path.name}: expected {expected}, found {found}; the archive is incomplete or "
-                "not the official Omniglot"
+                f"{path.name}: expected {expected}, found {found}; the archive is incomplete or not the "
+                f"official Omniglot. Point $OMNIGLOT_MIRROR (or data.source/data.mirror) at a good copy, then "
+                f"fetch it again: `rm {path} && snakemake --cores all --forcerun {path}`"
             )
         log.info("%s: %s", name, found)
     return {

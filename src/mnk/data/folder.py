@@ -4,13 +4,15 @@ Layout: an image's class is its parent folder's path relative to the root, so bo
 `root/class/img.png` and Omniglot's `root/alphabet/character/img.png` work. The alphabet
 of a class is the first component of that path (with one level, each class is its own
 alphabet). Files are taken in sorted order; hidden files and folders (names starting with
-'.') and files without an image extension are ignored.
+'.') and files without an image extension are ignored. Symbolic links are followed, each
+folder taken once by its real path (`mnk.data.scan`: loops and a class twice are refused).
 
 Split: a training root and a test root (class names must differ between them: few-shot
 test classes are disjoint from training ones), or one root whose classes, sorted by their
 relative path, are split in that order: the last `ceil(split * n_classes)` are the test
 side (like the 'original' Omniglot split, which takes the first 1200 sorted characters to
-train; with nested folders whole alphabets stay on one side except at the boundary).
+train; with nested folders whole alphabets stay on one side except at the boundary). Either
+way no image's bytes may be on both sides.
 
 Every image goes through `load_image` (the one image loader, shared with task lists):
 converted to grey ('L') or RGB, resized to `image_size` x `image_size` with the named PIL
@@ -24,19 +26,17 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
+import warnings
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from mnk.data.archive import DataError
 from mnk.data.options import DEFAULT_SPLIT, FolderOptions, ImageOptions
+from mnk.data.scan import SHOW, DataError, check_sides_disjoint, scan_classes
 
 log = logging.getLogger("mnk.data.folder")
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")  # PIL modes with one colour band
-SHOW = 5  # how many offending classes an error message lists
 
 
 # ------------------------------------------------------------------ one image
@@ -50,9 +50,13 @@ def open_image(source, name: str, decode: bool = True):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        if decode:
-            image.load()
+        with warnings.catch_warnings():  # PIL only warns below twice its pixel limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            if decode:
+                image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise DataError(f"{name}: refused, a decompression bomb? ({error})") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise DataError(f"{name}: unreadable image file ({error})") from error
     return image
@@ -137,40 +141,6 @@ def load_images(sources, options: ImageOptions, names=None, progress: bool = Fal
 # ------------------------------------------------------------------ a folder dataset
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")
-
-
-def scan_classes(root: str | os.PathLike) -> dict[str, list[Path]]:
-    """{class (relative POSIX path of the folder): sorted image files} under `root`.
-
-    Every leaf folder is a class; one without images is an error, and so is a folder
-    that holds images as well as sub-folders (its class would contain other classes).
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    classes: dict[str, list[Path]] = {}
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        folder = Path(folder)
-        images = sorted(folder / f for f in files
-                        if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
-        rel = folder.relative_to(root).as_posix()
-        if images and folder == root:
-            raise DataError(f"{images[0]}: image directly in the root {root}; put each class in its own folder")
-        if images and dirs:
-            raise DataError(f"{folder}: holds images and sub-folders ({dirs[0]}); a class folder "
-                            "must not contain other class folders")
-        if not dirs and folder != root:
-            if not images:
-                raise DataError(f"{folder}: empty class (no image files: {', '.join(IMAGE_EXTENSIONS)})")
-            classes[rel] = images
-    if not classes:
-        raise DataError(f"image folder {root} has no class folders with images")
-    return dict(sorted(classes.items(), key=lambda item: PurePosixPath(item[0]).parts))
-
-
 def check_class_sizes(classes: dict[str, list[Path]], images_per_class: int | None, root) -> None:
     """Every class has at least `images_per_class` (shot + query) images."""
     if images_per_class is None:
@@ -196,19 +166,22 @@ def split_classes(names: list[str], split: float) -> np.ndarray:
 
 def _sides(train_root, test_root, split, images_per_class):
     """[(classes, side)] for the training side and the test side, all checked."""
-    train = scan_classes(train_root)
+    seen = {}  # real paths of the folders taken, shared by both roots (mnk.data.scan)
+    train = scan_classes(train_root, seen)
     check_class_sizes(train, images_per_class, train_root)
     if test_root is None:
         sides = split_classes(list(train), DEFAULT_SPLIT if split is None else split)
-        return [({c: f for (c, f), s in zip(train.items(), sides) if s == side}, side) for side in (0, 1)]
-    if split is not None:
-        raise ValueError("give either a test root or a split fraction, not both")
-    test = scan_classes(test_root)
-    check_class_sizes(test, images_per_class, test_root)
-    shared = sorted(set(train) & set(test))
-    if shared:
-        raise DataError(f"class {shared[0]!r} is in both {train_root} and {test_root} "
-                        f"({len(shared)} shared); test classes must be disjoint from training ones")
+        train, test = ({c: f for (c, f), s in zip(train.items(), sides) if s == side} for side in (0, 1))
+    else:
+        if split is not None:
+            raise ValueError("give either a test root or a split fraction, not both")
+        test = scan_classes(test_root, seen)
+        check_class_sizes(test, images_per_class, test_root)
+        shared = sorted(set(train) & set(test))
+        if shared:
+            raise DataError(f"class {shared[0]!r} is in both {train_root} and {test_root} "
+                            f"({len(shared)} shared); test classes must be disjoint from training ones")
+    check_sides_disjoint(train, test)
     return [(train, 0), (test, 1)]
 
 

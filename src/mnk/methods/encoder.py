@@ -21,6 +21,7 @@ nondeterminism (set torch.backends.cudnn.deterministic for bitwise repeats).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -133,8 +134,9 @@ def train_label_encoder(images: np.ndarray, labels: np.ndarray, options: Encoder
     hist: dict[str, Any] = dict(train_loss=[], train_acc=[], val_loss=[], val_acc=[],
                                 classes=classes.tolist(), n_train=int(tr_idx.size), n_val=int(val_idx.size))
     bar = tqdm(range(options.epochs), desc="label encoder", disable=not progress)
-    for _ in bar:
+    for epoch in bar:
         loss, acc = _train_epoch(model, opt, x[tr_idx], y[tr_idx], options.batch_size, gen, device)
+        _check_loss(loss, epoch, options)
         hist["train_loss"].append(loss)
         hist["train_acc"].append(acc)
         shown = {"loss": f"{loss:.3f}"}
@@ -146,6 +148,13 @@ def train_label_encoder(images: np.ndarray, labels: np.ndarray, options: Encoder
         bar.set_postfix(**shown)
     model.eval()
     return model, hist
+
+
+def _check_loss(loss: float, epoch: int, options: EncoderOptions) -> None:
+    """A diverged encoder stops here: its NaN features would make every class look alike."""
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"label encoder training diverged: loss {loss} in epoch {epoch + 1}; lower "
+                                 f"encoder.lr (now {options.lr:g}) in the config's encoder section")
 
 
 def _train_epoch(model, opt, x, y, batch_size: int, gen, device) -> tuple[float, float]:
@@ -176,7 +185,13 @@ def encode(model: LabelEncoder, images: np.ndarray, device: str = "cpu", batch_s
     out = [model.embed(x[lo : lo + batch_size].to(device)).cpu() for lo in range(0, len(x), batch_size)]
     if not out:
         return np.zeros((0, model.head.in_features), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float32, copy=False)
+    features = torch.cat(out).numpy().astype(np.float32, copy=False)
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        raise FloatingPointError(f"label encoder features are not finite for {int(bad.sum())} of {len(bad)} "
+                                 f"images (first: image {int(np.argmax(bad))}): the encoder's weights are broken; "
+                                 "retrain it (a lower encoder.lr)")
+    return features
 
 
 def save_encoder(model: LabelEncoder, path: str | os.PathLike) -> None:

@@ -246,7 +246,8 @@ class EncoderOptions(_NetworkInputs):
         for name in ("width", "epochs", "batch_size"):
             require(is_int(getattr(self, name)) and getattr(self, name) >= 1, f"encoder.{name}",
                     "an integer >= 1", getattr(self, name))
-        require(is_number(self.lr) and self.lr > 0, "encoder.lr", "a number > 0", self.lr)
+        require(is_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "encoder.lr", "a finite number > 0",
+                self.lr)
         require(self.pooling in ENCODER_POOLING, "encoder.pooling", f"one of {ENCODER_POOLING}", self.pooling)
         self._validate_network_inputs(lambda name: f"encoder.{name}")
 

@@ -81,11 +81,21 @@ def _targets_of(centroids: np.ndarray, labels) -> np.ndarray:
     return np.take_along_axis(centroids, np.asarray(labels)[:, :, None], axis=1)
 
 
+def _check_finite(values: np.ndarray, what: str) -> np.ndarray:
+    """NaN is never a class: argmax would call it class 0."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise FloatingPointError(f"{what} are not finite ({int(bad.sum())} values, first at {where}): "
+                                 "no class can be decoded from them")
+    return values
+
+
 def _check_pred(pred_query) -> np.ndarray:
     p = np.asarray(pred_query, dtype=np.float64)
     if p.ndim != 3:
         raise ValueError(f"pred_query must be (n_tasks, q, d), got shape {p.shape}")
-    return p
+    return _check_finite(p, "predicted query targets (or features)")
 
 
 def _task_encodings(encodings, p: np.ndarray) -> np.ndarray:
@@ -94,7 +104,7 @@ def _task_encodings(encodings, p: np.ndarray) -> np.ndarray:
         cent = np.broadcast_to(cent, (p.shape[0],) + cent.shape)
     if cent.ndim != 3 or cent.shape[0] != p.shape[0] or cent.shape[2] != p.shape[2]:
         raise ValueError(f"class encodings shape {cent.shape} does not match pred_query shape {p.shape}")
-    return cent
+    return _check_finite(cent, "class encodings (centroids)")
 
 
 def predict_labels(pred_query, centroids=None) -> np.ndarray:

@@ -57,11 +57,19 @@ class StudyConfig:
         return self.kernel.options.image_size or self.data.image_size
 
 
-def parse_config(config: Mapping, workdir: str | Path = ".", environ: Mapping | None = None) -> StudyConfig:
-    """The sections of a schema-validated config; ConfigError lists every problem found.
+SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
-    With `environ` (the Snakefile's os.environ), the data source is checked on this machine
-    too (an Omniglot mirror folder, a folder dataset's roots)."""
+
+def parse_config(config: Mapping, workdir: str | Path = ".", environ: Mapping | None = None,
+                 schema: str | Path | None = None) -> StudyConfig:
+    """The sections of a config; ConfigError lists every problem found.
+
+    With `schema` (the Snakefile's: SCHEMA), the config is first validated against it, its
+    defaults filled in (`validate_config`); without, it must have been. With `environ` (the
+    Snakefile's os.environ), the data source is checked on this machine too (an Omniglot
+    mirror folder and the archives already fetched, a folder dataset's roots)."""
+    if schema is not None:
+        validate_config(config, schema)
     problems = config_problems(config, Path(workdir))
     if environ is not None:
         problems += data_problems(config.get("data") or {}, Path(workdir), environ)
@@ -96,3 +104,36 @@ def _sections(config: Mapping, workdir: Path) -> StudyConfig:
         test_tasks=shape,
     )
 
+
+
+def validate_config(config: dict, schema: str | Path = SCHEMA) -> None:
+    """Validate `config` against the JSON schema, filling in the schema's defaults (as
+    Snakemake's `validate` does); ConfigError lists every violation at once, each by key."""
+    import jsonschema
+    import yaml
+
+    with open(schema) as handle:
+        loaded = yaml.safe_load(handle)
+    validator_class = jsonschema.validators.validator_for(loaded)
+    validator = jsonschema.validators.extend(validator_class, {"properties": _properties_with_defaults(
+        validator_class.VALIDATORS["properties"])})(loaded)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(part) for part in e.absolute_path])
+    if errors:
+        raise ConfigError(f"invalid configuration ({Path(schema).name}):\n"
+                          + "\n".join(f"  - {_key(error)}: {error.message}" for error in errors))
+
+
+def _properties_with_defaults(validate_properties):
+    """The schema's `properties` check, which also sets each property's `default` (jsonschema FAQ)."""
+    def properties(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return properties
+
+
+def _key(error) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(the config)"

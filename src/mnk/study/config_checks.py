@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
+from mnk.data.sources import stale_archive_problem
 from mnk.infra.checks import as_list
 from mnk.kernels.options import KernelOptions
 from mnk.methods.options import OPTION_CLASSES, EncoderOptions, feature_side
@@ -32,12 +33,25 @@ def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     """Every problem the config alone decides (no data, no machine): the parse's checks."""
     tasks = config.get("tasks", {})
     return [
+        *nan_problems(config),
         *task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")),
         *task_list_problems(tasks, Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
         *mnk_problems(config.get("mnk", {}), tasks),
         *network_problems(config),
     ]
+
+
+def nan_problems(value, key: str = "") -> list[str]:
+    """Every NaN in the config, by key: NaN passes every bound of the schema (no comparison
+    with NaN is true), so a NaN time or rate would otherwise fail only inside a job."""
+    if isinstance(value, dict):
+        return [p for name, item in value.items() for p in nan_problems(item, f"{key}.{name}" if key else str(name))]
+    if isinstance(value, (list, tuple)):
+        return [p for k, item in enumerate(value) for p in nan_problems(item, f"{key}[{k}]")]
+    if isinstance(value, float) and math.isnan(value):
+        return [f"{key} is NaN; give a number"]
+    return []
 
 
 def task_problems(tasks: dict, dataset: str = "omniglot") -> list[str]:
@@ -170,8 +184,8 @@ def network_problems(config: dict) -> list[str]:
 
 
 def data_problems(data: dict, workdir: Path, environ) -> list[str]:
-    """A mirror download must have a mirror folder (checked only while an archive is missing);
-    a folder dataset's roots must exist."""
+    """A mirror download must have a mirror folder (checked only while an archive is missing),
+    and an archive already here must be that mirror's; a folder dataset's roots must exist."""
     if data.get("dataset", "omniglot") == "folder":
         return folder_problems(data.get("folder") or {}, workdir)
     env_mirror = environ.get("OMNIGLOT_MIRROR")
@@ -179,15 +193,24 @@ def data_problems(data: dict, workdir: Path, environ) -> list[str]:
         source, mirror, key = "mirror", env_mirror, "$OMNIGLOT_MIRROR"
     else:
         source, mirror, key = data.get("source"), data.get("mirror"), "data.mirror"
-    archives = [workdir / "results" / "data" / "raw" / f"{name}.zip" for name in ARCHIVES]
-    if source != "mirror" or all(path.is_file() for path in archives):
+    archives = {name: workdir / "results" / "data" / "raw" / f"{name}.zip" for name in ARCHIVES}
+    if source != "mirror":
         return []
+    if not all(path.is_file() for path in archives.values()):
+        if not mirror:
+            return ["data.source is 'mirror' but data.mirror is empty and $OMNIGLOT_MIRROR is not set"]
+        if not _mirror_folder(mirror, workdir).is_dir():
+            return [f"{key}: the Omniglot mirror folder {mirror} does not exist (seen from {workdir.resolve()})"]
     if not mirror:
-        return ["data.source is 'mirror' but data.mirror is empty and $OMNIGLOT_MIRROR is not set"]
-    folder = Path(mirror) if Path(mirror).is_absolute() else workdir / mirror
-    if not folder.is_dir():
-        return [f"{key}: the Omniglot mirror folder {mirror} does not exist (seen from {workdir.resolve()})"]
-    return []
+        return []
+    # An archive fetched from another mirror would be kept and preprocessed again and again.
+    folder = str(_mirror_folder(mirror, workdir))
+    stale = (stale_archive_problem(path, name, folder, key) for name, path in archives.items())
+    return [problem for problem in stale if problem]
+
+
+def _mirror_folder(mirror: str, workdir: Path) -> Path:
+    return Path(mirror) if Path(mirror).is_absolute() else workdir / mirror
 
 
 def folder_problems(folder: dict, workdir: Path) -> list[str]:

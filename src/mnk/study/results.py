@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from mnk.infra.io import load_json
 
 SUMMARY_COLUMNS = [
     "method", "experiment", "way", "shot", "n_characters", "n_train_tasks", "seed",
@@ -30,7 +31,7 @@ REFERENCE = "mnk"
 
 
 def _read_metrics(path) -> dict:
-    metrics = json.loads(Path(path).read_text())
+    metrics = load_json(path)  # a damaged file is named, with the command that rebuilds it
     missing = [key for key in ("method", "accuracy", "ci95_low", "ci95_high", "n_characters", "seed")
                if key not in metrics]
     if missing:

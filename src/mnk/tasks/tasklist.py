@@ -9,8 +9,10 @@ Checks (each error names the CSV, its row — the line number, the header is row
 the task): the columns are there and no field is empty; roles are support|query; files
 exist; every task is balanced (the same number of support images per class, the same
 number of query images per class, every class in both roles); all tasks have the same
-way / shot / query; a task's support and query images are disjoint (and no image appears
-twice in a task); way and shot agree with the configuration's.
+way / shot / query; a task's support and query images are disjoint, by content (no image,
+nor a byte copy of it, appears twice in a task); way and shot agree with the configuration's.
+When the list is used (`sample_tasks`), no image of it may be a training-side image of the
+dataset (`check_not_training`, by preprocessed content).
 
 Order, as in `mnk.tasks.sampling`: tasks in order of first appearance, classes within a task in
 order of first appearance (class index 0..way-1), images class-major in CSV order, so the
@@ -28,6 +30,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from mnk.data.scan import file_sha256
 
 if TYPE_CHECKING:
     from mnk.data.options import DataOptions
@@ -63,6 +67,7 @@ class TaskList:
     support: "np.ndarray" = field(repr=False)  # (n_tasks, way * shot) indices into paths
     query_ids: "np.ndarray" = field(repr=False)  # (n_tasks, way * query) indices into paths
     class_names: "np.ndarray" = field(repr=False)  # (n_tasks, way) the CSV labels, by class index
+    origins: tuple[tuple[int, str], ...] = field(default=(), repr=False)  # (row, task) where each path first appears
     images: "np.ndarray | None" = field(default=None, repr=False)  # preprocessed `paths`
 
     @property
@@ -125,14 +130,16 @@ def _task_shape(csv_path, task, entries) -> tuple[list[str], dict, int, int]:
     """(class labels in order, {(role, label): [Entry]}, shot, query) of one balanced task."""
     labels = list(dict.fromkeys(e.label for e in entries))
     groups = defaultdict(list)
-    seen: dict[Path, Entry] = {}
+    seen: dict[str, Entry] = {}  # by content: a byte copy is the same image under another name
     for e in entries:
-        if e.path in seen:
-            first = seen[e.path]
+        digest = file_sha256(e.path)
+        if digest in seen:
+            first = seen[digest]
             what = "both support and query" if first.role != e.role else f"twice in the {e.role} set"
-            raise _fail(csv_path, e.row, task, f"image {e.path.name} is {what} (also row {first.row}); "
+            copy = "" if first.path == e.path else f" (a byte copy of {first.path.name})"
+            raise _fail(csv_path, e.row, task, f"image {e.path.name}{copy} is {what} (also row {first.row}); "
                         "a task's support and query images must be disjoint")
-        seen[e.path] = e
+        seen[digest] = e
         groups[e.role, e.label].append(e)
     counts = {}
     for role in ROLES:
@@ -203,12 +210,17 @@ def parse_task_list(csv_path, *, way: int | None = None, shot: int | None = None
     csv_path = Path(csv_path)
     sha256, shape, checked = _checked_tasks(csv_path, way, shot, query)
     index: dict[Path, int] = {}
+    origins: dict[Path, tuple[int, str]] = {}  # each image's first row
+    for task, _, groups in checked:
+        for e in (e for entries in groups.values() for e in entries):
+            if e.path not in origins or e.row < origins[e.path][0]:
+                origins[e.path] = (e.row, task)
     ids = {role: [[index.setdefault(e.path, len(index)) for label in labels for e in groups[role, label]]
                   for _, labels, groups in checked] for role in ROLES}
     return TaskList(csv_path, sha256, shape["way"], shape["shot"], shape["query"],
                     tuple(task for task, _, _ in checked), tuple(index),
                     np.asarray(ids["support"], np.int64), np.asarray(ids["query"], np.int64),
-                    np.asarray([labels for _, labels, _ in checked]))
+                    np.asarray([labels for _, labels, _ in checked]), tuple(origins[path] for path in index))
 
 
 def read_task_list(csv_path, options, *, way: int | None = None, shot: int | None = None,
@@ -360,6 +372,34 @@ def load_for_dataset(csv_path, data: "DataOptions", dataset_images, *, way=None,
     return read_task_list(csv_path, options, way=way, shot=shot, query=query)
 
 
+def _pixels_digest(image) -> bytes:
+    import numpy as np
+
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
+
+
+def check_not_training(task_list: TaskList, data: dict, split_name: str) -> None:
+    """Refuse a list whose images are training-side images of the dataset (`data`, the
+    preprocessed arrays; `split_name`: tasks.split). Compared by content, preprocessed alike:
+    the dataset's own file by any path or link, or a copy of it, gives the same pixels."""
+    import numpy as np
+
+    from mnk.tasks.sampling import character_pools
+
+    train_characters, _ = character_pools(data["character"], data["split"], split_name)
+    training = {_pixels_digest(data["images"][k]): k
+                for k in np.flatnonzero(np.isin(data["character"], train_characters))}
+    leaked = [(i, training[digest]) for i, image in enumerate(task_list.images)
+              if (digest := _pixels_digest(image)) in training]
+    if leaked:
+        (i, k), (row, task) = leaked[0], task_list.origins[leaked[0][0]]
+        name = data["character_names"][data["character"][k]]
+        raise _fail(task_list.csv_path, row, task,
+                    f"image {task_list.paths[i]} is a training image of the dataset (the pixels of its image {k}, "
+                    f"class {name}, on the training side of tasks.split {split_name!r}); {len(leaked)} of the "
+                    "list's images are: test tasks must not hold training images")
+
+
 def sample_tasks(data: dict, spec, test_tasks: dict, data_options: "DataOptions", log):
     """make_pool's and make_tasks' one step: `mnk.tasks.sampling.make_tasks` on the preprocessed
     dataset `data`, with the list's test tasks in place of the sampled ones under
@@ -372,6 +412,7 @@ def sample_tasks(data: dict, spec, test_tasks: dict, data_options: "DataOptions"
     if test_tasks:
         task_list = load_for_dataset(test_tasks["path"], data_options, data["images"],
                                      way=spec.way, shot=spec.shot, query=spec.query)
+        check_not_training(task_list, data, spec.split)
         tasks, _ = replace_test_tasks(tasks, task_list)
         log.info("test tasks: the %d of the list %s; tasks.n_test_tasks is ignored", task_list.n_tasks,
                  task_list.list_id)
