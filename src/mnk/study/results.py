@@ -372,8 +372,8 @@ def plot_learning_curves(curves: pd.DataFrame, summary: pd.DataFrame, png, pdf) 
             labelled.add(label)
             chosen = run[run["selected"]]
             left.scatter(chosen["iteration"], chosen["val_acc"], color=color, marker="*", s=60, zorder=3)
-    left.set(xlabel="meta-updates", ylabel="validation accuracy", title="Meta-training: validation accuracy\n"
-             "(star: selected checkpoint; each curve ends where training stopped)")
+    left.set(xlabel="meta-updates", ylabel="validation accuracy", title="Validation accuracy during meta-training\n"
+             "(star: selected; a curve ends where training stopped)")
     _percent_axis(left)
     if learners:
         left.legend(loc="lower right", fontsize=8, frameon=False)
@@ -386,8 +386,8 @@ def plot_learning_curves(curves: pd.DataFrame, summary: pd.DataFrame, png, pdf) 
             means = rows.groupby("n_characters")[["cpu_seconds", "accuracy"]].mean()
             right.plot(means["cpu_seconds"], means["accuracy"], color=color, lw=1.5)
     right.set(xscale="log", xlabel="CPU seconds per experiment (measured)", ylabel="test accuracy",
-              title="Test accuracy per unit of compute\n(points: experiments; lines: MAML/iMAML means per "
-                    "number of training characters)")
+              title="Test accuracy per unit of compute\n"
+                    "(points: experiments; lines: learners' means)")
     _percent_axis(right)
     right.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     _save(fig, png, pdf)
