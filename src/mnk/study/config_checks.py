@@ -177,7 +177,8 @@ def network_problems(config: dict) -> list[str]:
             nets.append((f"{method}.options.network {network!r}", f"{method}.options.padding", network,
                          options.get("padding", cls.padding)))
     return [f"{what} with {key} {padding} has no feature map left on data.image_size {side}x{side} "
-            "images: use padding 1 or larger images"
+            f"images: use {'padding 1 or ' if padding == 0 else ''}larger images"
+            + (f" (or {key.split('.')[0]}.enabled: false)" if key.endswith("options.padding") else "")
             for what, key, network, padding in nets
             if isinstance(padding, int) and network in ("conv3", "conv4", "imaml4")
             and feature_side(network, side, padding) < 1]
