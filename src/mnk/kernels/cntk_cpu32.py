@@ -49,9 +49,10 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from mnk.kernels._acos import ACOS1M_COEFFS, SQRT2M_COEFFS
+from mnk.kernels._jit import kernel_jit
 from mnk.kernels._pairs import PairProgress, batches, chunks
 
 __all__ = ["cntk_gram_cpu32", "layer_variances", "SNAP", "TRACE_LANES"]
@@ -70,15 +71,15 @@ _G = tuple(_F(c * _KINV) for c in ACOS1M_COEFFS)
 # sqrt(2 - u) = q(u)
 _Q = tuple(_F(c) for c in SQRT2M_COEFFS)
 
-_FLAGS = dict(cache=True, fastmath=False, error_model="numpy")
+_FLAGS = dict(fastmath=False, error_model="numpy")
 # The ReLU step may fuse a * b + c into one FMA (no other fast-math: NaN/inf/select semantics kept).
-_STEP_FLAGS = dict(cache=True, fastmath={"contract"}, error_model="numpy")
+_STEP_FLAGS = dict(fastmath={"contract"}, error_model="numpy")
 
 # Memory allowed for the packed images and norms of one chunk of images (bytes).
 _CHUNK_BYTES = 256 * 2**20
 
 
-@njit(**_FLAGS)
+@kernel_jit(**_FLAGS)
 def layer_variances(X, depth):
     """``D[n, h-1] = Sigma^h(x_n, x_n)(p, p)``, h = 1..depth-1, float32 (n, depth-1, H, W).
 
@@ -120,7 +121,7 @@ def layer_norms(D: np.ndarray, scaled: bool):
     return (L * _LSCALE if scaled else L), iL
 
 
-@njit(inline="always", **_FLAGS)
+@kernel_jit(inline="always", **_FLAGS)
 def _horner6(u, c):
     """c[0] u^6 + ... + c[6] by Horner, as :func:`mnk.kernels._acos.polyval_f32` (inlined:
     the caller's flags apply and its loop still vectorises)."""
@@ -133,7 +134,7 @@ def _horner6(u, c):
     return p * u + c[6]
 
 
-@njit(**_STEP_FLAGS)
+@kernel_jit(**_STEP_FLAGS)
 def _relu_step_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
     """Vertical half of the box filter fused with the ReLU step (module docstring), one row.
 
@@ -180,7 +181,7 @@ def _relu_step_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
                 rb[r, 1, k] = tn
 
 
-@njit(inline="always", **_FLAGS)
+@kernel_jit(inline="always", **_FLAGS)
 def _hsum(rf, out, L, sh):
     """Horizontal half of the box filter on a row: out[k] = rf[o+k-sh] + rf[o+k] + rf[o+k+sh],
     o = 4 L (two guard columns of (Sigma, Theta) lane vectors before the row)."""
@@ -193,7 +194,7 @@ def _hsum(rf, out, L, sh):
         out[k] = a0[k] + a1[k] + a2[k]
 
 
-@njit(**_FLAGS)
+@kernel_jit(**_FLAGS)
 def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
     """All layers of one item (module docstring), one sweep over the rows per layer.
 
@@ -247,13 +248,13 @@ def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
         cur = 1 - cur
 
 
-@njit(**_FLAGS)
+@kernel_jit(**_FLAGS)
 def _scratch(H, W2, L):
     return (np.zeros((2, H + 2, W2, 2, L), dtype=np.float32), np.zeros((W2 + 4, 2, L), dtype=np.float32),
             np.zeros(L))
 
 
-@njit(parallel=True, **_FLAGS)
+@kernel_jit(parallel=True, **_FLAGS)
 def _gap_pairs(XI, XN, ZI, ZN, pi, pj, depth, fix, nthreads):
     """Sum over all P x P entries of the final layer, float64 (len(pi),), for each pair."""
     H = XI.shape[2]
@@ -276,7 +277,7 @@ def _gap_pairs(XI, XN, ZI, ZN, pi, pj, depth, fix, nthreads):
     return part.reshape(pi.shape[0], na).sum(axis=1)
 
 
-@njit(parallel=True, **_FLAGS)
+@kernel_jit(parallel=True, **_FLAGS)
 def _trace_groups(XI, XN, ZG, ZGN, gi, gg, depth, fix, nthreads):
     """(len(gi), L): trace of the final layer for x image gi[k] and the L images of group gg[k]."""
     H = XI.shape[2]
