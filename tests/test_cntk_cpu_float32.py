@@ -112,6 +112,17 @@ def test_float32_matches_float64_everywhere(C, H, W, depth, fix):
     np.testing.assert_allclose(R32, K32.T, rtol=1e-6)
 
 
+def test_float32_sums_keep_terms_below_float32_resolution():
+    """A bright first row over faint strokes (3e-4): each per-lane sum of the last layer
+    starts with a large entry and adds hundreds below half a float32 ulp of it, which a
+    float32 accumulator drops (6e-6 relative); float64 sums keep the float32 entries' ~1e-7."""
+    rng = np.random.default_rng(11)
+    X = 3e-4 * rng.standard_normal((4, 28, 28))
+    X[:, 0, :] = rng.standard_normal((4, 28))
+    K32, K64 = _both(X, depth=3, gap=True)
+    assert _rel(K32, K64) <= 5e-7
+
+
 def test_float32_duplicates_scale_and_2d_input():
     rng = np.random.default_rng(3)
     X = rng.random((4, 9, 9))
