@@ -1,18 +1,23 @@
 """The float32 CPU CNTK (mnk.kernels.cntk_cpu32) against the exact float64 path.
 
 The float64 backend is itself checked against the direct 4-D reference (test_kernels.py);
-here float32 must agree with it to 1e-5 relative on real Omniglot strokes at depth 20 (GAP
-and trace) and 1e-4 at depth 50, and everywhere else the float64 path is defined.
+here float32 must agree with it to 1e-5 relative on real Omniglot strokes at depth 20 and
+1e-4 at depth 50, on standardised real images at the configs' sizes and depths, and
+everywhere else the float64 path is defined. float32 exists with global average pooling
+only: `cntk_gram(dtype="float32", gap=False)` computes the trace in float64 and says so.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numba
 import numpy as np
 import pytest
 
-from mnk.kernels import _acos
+from mnk.kernels import _acos, gram
 from mnk.kernels.gram import cntk_gram
+from mnk.kernels.transform import transform_images
 
 
 def _rel(K, R):
@@ -41,58 +46,94 @@ def strokes(omniglot):
     return np.asarray(imgs[picks], dtype=np.float64)
 
 
-@pytest.mark.parametrize("depth,gap,tol", [(20, True, 1e-5), (20, False, 1e-5), (50, True, 1e-4),
-                                           (50, False, 1e-4)])
-def test_float32_matches_float64_on_omniglot(strokes, depth, gap, tol):
+@pytest.mark.parametrize("depth,tol", [(20, 1e-5), (50, 1e-4)])
+def test_float32_matches_float64_on_omniglot(strokes, depth, tol):
     X, Z = strokes[:5], strokes[5:]
-    K32, K64 = _both(X, depth=depth, gap=gap)  # symmetric: the diagonal included
+    K32, K64 = _both(X, depth=depth, gap=True)  # symmetric: the diagonal included
     assert _rel(K32, K64) <= tol
     np.testing.assert_array_equal(K32, K32.T)
-    C32, C64 = _both(X, Z, depth=depth, gap=gap)  # cross block (the trace swaps roles here)
+    C32, C64 = _both(X, Z, depth=depth, gap=True)  # cross block
     assert _rel(C32, C64) <= tol
+
+
+# Real images whose standardised trace kernels a float32 recursion got wrong by up to 1.8e-5
+# (16x16 depth 6) and 8.8e-5 (28x28 depth 10) relative: many entries near correlation 1,
+# a standardised background being one constant (BENCHMARKS.md, issue 29).
+HARD_FOR_FLOAT32 = [5093, 5159, 4847, 12271, 18477, 27984, 7222, 18470]
+
+
+@pytest.fixture(scope="module")
+def standardised(omniglot):
+    """`size -> images`: HARD_FOR_FLOAT32 area-resized and standardised (by their own pixel
+    mean and std), as the kernel stage prepares images."""
+    return lambda size, pad=0: transform_images(omniglot["images"][HARD_FOR_FLOAT32], image_size=size, pad=pad,
+                                                standardize=True).astype(np.float64)
+
+
+@pytest.mark.parametrize("size,depth", [(16, 6), (14, 5), (28, 10), (28, 3)])
+def test_float32_vanilla_within_1e5_of_float64_on_real_images(standardised, monkeypatch, caplog, size, depth):
+    monkeypatch.setattr(gram, "_logged", set())  # the warning comes once per process
+    X = standardised(size)
+    with caplog.at_level(logging.WARNING, logger="mnk.kernels"):
+        K32, K64 = _both(X, depth=depth, gap=False)
+    assert _rel(K32, K64) <= 1e-5
+    assert any(r.levelno == logging.WARNING and "float64 for the trace" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("size,pad,depth", [(14, 0, 5), (16, 0, 6), (28, 2, 20)])  # config.yaml, paper.yaml
+def test_float32_gap_within_1e5_of_float64_on_real_images(standardised, size, pad, depth):
+    X = standardised(size, pad)
+    K32, K64 = _both(X[:3], X[3:6], depth=depth, gap=True)
+    assert _rel(K32, K64) <= 1e-5
 
 
 # --------------------------------------------------------------------------- everything else
 
 CASES = [
-    # C, H, W, depth, gap, fix
-    (1, 3, 3, 2, True, False),
-    (1, 6, 6, 3, True, False),
-    (3, 8, 7, 5, True, True),
-    (2, 5, 9, 4, False, False),
-    (1, 7, 4, 6, False, True),
-    (1, 12, 12, 8, True, False),
-    (1, 4, 33, 3, True, False),  # more lanes than one AVX-512 vector pair
-    (1, 20, 20, 3, False, False),  # more images than one trace lane group below
+    # C, H, W, depth, fix
+    (1, 3, 3, 2, False),
+    (1, 6, 6, 3, False),
+    (3, 8, 7, 5, True),
+    (1, 12, 12, 8, False),
+    (1, 4, 33, 3, False),  # more lanes than one AVX-512 vector pair
 ]
 
 
-@pytest.mark.parametrize("C,H,W,depth,gap,fix", CASES)
-def test_float32_matches_float64_everywhere(C, H, W, depth, gap, fix):
+@pytest.mark.parametrize("C,H,W,depth,fix", CASES)
+def test_float32_matches_float64_everywhere(C, H, W, depth, fix):
     rng = np.random.default_rng(100 * H + W + depth)
-    X = rng.standard_normal((19 if not gap else 4, C, H, W))  # signed: negative correlations too
+    X = rng.standard_normal((4, C, H, W))  # signed: negative correlations too
     Z = rng.standard_normal((3, C, H, W))
-    K32, K64 = _both(X, Z, depth=depth, gap=gap, fix=fix)
+    K32, K64 = _both(X, Z, depth=depth, gap=True, fix=fix)
     assert _rel(K32, K64) <= 1e-5
-    S32, S64 = _both(X, depth=depth, gap=gap, fix=fix)
+    S32, S64 = _both(X, depth=depth, gap=True, fix=fix)
     assert _rel(S32, S64) <= 1e-5
-    R32, R64 = _both(Z, X, depth=depth, gap=gap, fix=fix)
+    R32, R64 = _both(Z, X, depth=depth, gap=True, fix=fix)
     np.testing.assert_allclose(R32, K32.T, rtol=1e-6)
+
+
+def test_float32_sums_keep_terms_below_float32_resolution():
+    """A bright first row over faint strokes (3e-4): each per-lane sum of the last layer
+    starts with a large entry and adds hundreds below half a float32 ulp of it, which a
+    float32 accumulator drops (6e-6 relative); float64 sums keep the float32 entries' ~1e-7."""
+    rng = np.random.default_rng(11)
+    X = 3e-4 * rng.standard_normal((4, 28, 28))
+    X[:, 0, :] = rng.standard_normal((4, 28))
+    K32, K64 = _both(X, depth=3, gap=True)
+    assert _rel(K32, K64) <= 5e-7
 
 
 def test_float32_duplicates_scale_and_2d_input():
     rng = np.random.default_rng(3)
     X = rng.random((4, 9, 9))
     X[3] = X[1]
-    for gap in (True, False):
-        K = cntk_gram(X, depth=5, gap=gap, backend="cpu", dtype="float32")
-        assert K[1, 3] == K[1, 1] == K[3, 3]  # bitwise-identical images, identical values
-        np.testing.assert_array_equal(K, cntk_gram(X[:, None], depth=5, gap=gap, backend="cpu",
-                                                   dtype="float32"))
-        # homogeneous of degree 1 in each argument, without float32 under- or overflow
-        for a in (1e-25, 1e25):
-            Ka = cntk_gram(a * X, X, depth=5, gap=gap, backend="cpu", dtype="float32")
-            np.testing.assert_allclose(Ka, a * K, rtol=1e-6)
+    K = cntk_gram(X, depth=5, backend="cpu", dtype="float32")
+    assert K[1, 3] == K[1, 1] == K[3, 3]  # bitwise-identical images, identical values
+    np.testing.assert_array_equal(K, cntk_gram(X[:, None], depth=5, backend="cpu", dtype="float32"))
+    # homogeneous of degree 1 in each argument, without float32 under- or overflow
+    for a in (1e-25, 1e25):
+        Ka = cntk_gram(a * X, X, depth=5, backend="cpu", dtype="float32")
+        np.testing.assert_allclose(Ka, a * K, rtol=1e-6)
 
 
 def test_float32_zero_variance():
@@ -103,8 +144,8 @@ def test_float32_zero_variance():
     X[0, 0, 1, 1] = 1.0
     X[1, :, 4:, :] = 0.0
     X[2] = 0.0
-    for gap, fix in [(True, False), (False, False), (True, True)]:
-        K32, K64 = _both(X, depth=4, gap=gap, fix=fix)
+    for fix in (False, True):
+        K32, K64 = _both(X, depth=4, gap=True, fix=fix)
         assert np.all(K32[2] == 0.0) and np.all(K32[:, 2] == 0.0)
         nz = K64 != 0
         assert np.array_equal(nz, K32 != 0)
@@ -120,14 +161,11 @@ def test_float32_threads_and_chunks_do_not_change_values(monkeypatch):
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
-        K1 = {gap: cntk_gram(X, depth=4, gap=gap, backend="cpu", dtype="float32") for gap in (True, False)}
+        K1 = cntk_gram(X, depth=4, backend="cpu", dtype="float32")
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        for gap in (True, False):
-            np.testing.assert_array_equal(cntk_gram(X, depth=4, gap=gap, backend="cpu", dtype="float32"), K1[gap])
-        monkeypatch.setattr(cpu32, "_CHUNK_BYTES", 1)  # chunks of TRACE_LANES images
-        for gap in (True, False):
-            np.testing.assert_allclose(cntk_gram(X, depth=4, gap=gap, backend="cpu", dtype="float32"),
-                                       K1[gap], rtol=1e-6)
+        np.testing.assert_array_equal(cntk_gram(X, depth=4, backend="cpu", dtype="float32"), K1)
+        monkeypatch.setattr(cpu32, "_CHUNK_BYTES", 1)  # chunks of one image
+        np.testing.assert_array_equal(cntk_gram(X, depth=4, backend="cpu", dtype="float32"), K1)
     finally:
         numba.set_num_threads(before)
 
@@ -136,7 +174,7 @@ def test_float32_progress_bar(capsys):
     from mnk.kernels.cntk_cpu32 import cntk_gram_cpu32
 
     X = np.random.default_rng(0).random((3, 1, 5, 5))
-    cntk_gram_cpu32(X, X, True, depth=3, gap=True, fix=False, progress=True)
+    cntk_gram_cpu32(X, X, True, depth=3, fix=False, progress=True)
     assert "pair" in capsys.readouterr().err
 
 

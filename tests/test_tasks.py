@@ -168,3 +168,21 @@ def test_more_images_per_class_than_the_data_has_is_an_error(omniglot):
 def test_too_many_characters_is_an_error(omniglot):
     with pytest.raises(ValueError, match="n_characters=960 \\+ n_val_characters=10 exceed the 964 training"):
         _tasks(omniglot, n_characters=960, way=5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_training_characters_are_the_training_side_less_the_validation_pool(seed):
+    """Validation characters are half the training side and the experiment takes all the
+    rest: drawing its characters from the whole side would pick one of the 20 validation
+    characters except with probability 1 / C(40, 20) (about 7e-12). Synthetic ids."""
+    n_side, n_test_side, drawers = 40, 10, 4
+    character = np.repeat(np.arange(n_side + n_test_side), drawers)
+    drawer = np.tile(np.arange(drawers), n_side + n_test_side)
+    split = (character >= n_side).astype(np.int8)  # the first 40 characters: the training side
+    spec = TaskSpec(way=5, shot=1, query=1, n_characters=20, n_val_characters=20, seed=seed,
+                    n_test_tasks=2, n_val_tasks=2)
+    tasks = make_tasks(character, drawer, split, spec)
+    train, val = set(tasks["train_characters"].tolist()), set(tasks["val_characters"].tolist())
+    assert len(train) == len(val) == 20 and not train & val
+    assert train | val == set(range(n_side))
+    assert set(character[tasks["image_ids"][: tasks["n_train_images"]]].tolist()) == train

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+from mnk.kernels._jit import kernel_jit
 
 _PS0 = 1.66666666666666657415e-01
 _PS1 = -3.25565818622400915405e-01
@@ -33,7 +33,7 @@ _PI = math.pi
 _PIO2 = math.pi / 2.0
 
 
-@njit(cache=True, fastmath=False, error_model="numpy", inline="always")
+@kernel_jit(fastmath=False, error_model="numpy", inline="always")
 def pi_minus_acos(c):
     """``pi - arccos(c)`` for ``c`` in [-1, 1] (caller clips)."""
     a = abs(c)

@@ -69,9 +69,10 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from mnk.kernels._acos import pi_minus_acos
+from mnk.kernels._jit import kernel_jit
 from mnk.kernels._pairs import PairProgress, batches, chunks
 from mnk.kernels._validate import as_image_pair, check_depth, image_keys as _image_keys
 
@@ -85,7 +86,7 @@ _PI = math.pi
 _CHUNK_BYTES = 256 * 2**20
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@kernel_jit(fastmath=False, error_model="numpy")
 def _box3(A, HB, h, w):
     """In place: A[1:h+1, 1:w+1] <- 3x3 box sum of itself, zero outside (A has a zero border)."""
     for u in range(1, h + 1):
@@ -96,7 +97,7 @@ def _box3(A, HB, h, w):
             A[u + 1, v + 1] = HB[u, v] + HB[u + 1, v] + HB[u + 2, v]
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@kernel_jit(fastmath=False, error_model="numpy")
 def layer_norms(X, depth):
     """``L[n, h-1] = sqrt(Sigma^h(x_n, x_n)(p, p))`` for h = 1..depth-1, and ``1/L`` (0 where L = 0).
 
@@ -128,7 +129,7 @@ def layer_norms(X, depth):
     return L, iL
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@kernel_jit(fastmath=False, error_model="numpy")
 def _box3_flat(A, HB, h, w):
     """In place 3x3 box sum on the flat zero-bordered (h+2) x (w+2) grid A (border kept 0).
 
@@ -157,7 +158,7 @@ def _box3_flat(A, HB, h, w):
         A[u * P + w + 1] = 0.0
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@kernel_jit(fastmath=False, error_model="numpy")
 def _slice_sum(x, z, LIx, LIz, a, b, force, depth, fix, S, T, HS):
     """Sum over the offset-(a, b) slice of the final NTK (minus NNGP if fix) for one pair.
 
@@ -208,7 +209,7 @@ def _slice_sum(x, z, LIx, LIz, a, b, force, depth, fix, S, T, HS):
     return total
 
 
-@njit(cache=True, fastmath=False, error_model="numpy")
+@kernel_jit(fastmath=False, error_model="numpy")
 def _relu_step_rows(S, T, LIx, LIz, h, w, P, W, HW, offx, offz, force, fixf, last):
     """The ReLU step (Arora's ``trans``) on the h x w interior of a slice:
     T <- T D~ + S~, S <- S~; with ``last``: S <- T D~ + S~ - fixf S~ (fixf = 1 with fixed
@@ -245,7 +246,7 @@ def _relu_step_rows(S, T, LIx, LIz, h, w, P, W, HW, offx, offz, force, fixf, las
                 srow[v] = bs
 
 
-@njit(parallel=True, cache=True, fastmath=False, error_model="numpy")
+@kernel_jit(parallel=True, fastmath=False, error_model="numpy")
 def _pairs_kernel(X, Z, LIX, LIZ, pi, pj, same, depth, gap, fix):
     """K for the pairs (X[pi[k]], Z[pj[k]]); returns float64 (len(pi),).
 

@@ -1,9 +1,16 @@
-r"""float32 CNTK on the CPU: vectorised numba, parallel over (pair, row offset) items.
+r"""float32 CNTK with global average pooling on the CPU: vectorised numba, parallel over
+(pair, row offset) items.
 
 Same kernel as :mod:`mnk.kernels.cntk_cpu` (definition there), computed in float32 with
 the final sums in float64.  Relative error against the float64 path on real Omniglot
-strokes: <= 3e-7 at depth 20 and <= 3e-6 at depth 50, with and without global average
-pooling (``tests/test_cntk_cpu_float32.py`` asserts 1e-5 and 1e-4; BENCHMARKS.md).
+strokes: <= 3e-7 at depth 20 and <= 3e-6 at depth 50 (``tests/test_cntk_cpu_float32.py``
+asserts 1e-5 and 1e-4; BENCHMARKS.md).
+
+Only with global average pooling: the trace (``gap=False``) sums the P zero-offset entries,
+where correlations near 1 are common (a standardised background is one constant), and
+float32's ``1 - c`` there left errors up to 4.6e-5 relative on real images (BENCHMARKS.md,
+issue 29); the trace costs O(P) per pair, so :func:`mnk.kernels.cntk_gram` computes it in
+float64 whatever ``dtype`` says (as the CUDA backend does).
 
 Layout (why it vectorises)
 --------------------------
@@ -21,9 +28,6 @@ vector of row ``u + a``), horizontal half of the next ``B`` into the other of tw
 row-summed buffers (L2).  Guard lanes have norm 0 and the step maps entries with
 ``lx lz = 0`` to exactly 0 (they are 0 in the exact recursion: Sigma and Theta vanish where
 a variance does); columns with ``lx = 0`` are skipped.
-
-The trace (``gap=False``) needs only the zero-offset entries: there the lanes are up to
-:data:`TRACE_LANES` different ``z`` images of one pair row, in the same code.
 
 The ReLU step, per entry, with ``u = 1 - |c|``::
 
@@ -49,16 +53,16 @@ import math
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from mnk.kernels._acos import ACOS1M_COEFFS, SQRT2M_COEFFS
+from mnk.kernels._jit import kernel_jit
 from mnk.kernels._pairs import PairProgress, batches, chunks
 
-__all__ = ["cntk_gram_cpu32", "layer_variances", "SNAP", "TRACE_LANES"]
+__all__ = ["cntk_gram_cpu32", "layer_variances", "SNAP"]
 
 _F = np.float32
 SNAP = _F(2.0**-21)
-TRACE_LANES = 16
 _ZERO = _F(0.0)
 _ONE = _F(1.0)
 _TWO = _F(2.0)
@@ -70,15 +74,15 @@ _G = tuple(_F(c * _KINV) for c in ACOS1M_COEFFS)
 # sqrt(2 - u) = q(u)
 _Q = tuple(_F(c) for c in SQRT2M_COEFFS)
 
-_FLAGS = dict(cache=True, fastmath=False, error_model="numpy")
+_FLAGS = dict(fastmath=False, error_model="numpy")
 # The ReLU step may fuse a * b + c into one FMA (no other fast-math: NaN/inf/select semantics kept).
-_STEP_FLAGS = dict(cache=True, fastmath={"contract"}, error_model="numpy")
+_STEP_FLAGS = dict(fastmath={"contract"}, error_model="numpy")
 
 # Memory allowed for the packed images and norms of one chunk of images (bytes).
 _CHUNK_BYTES = 256 * 2**20
 
 
-@njit(**_FLAGS)
+@kernel_jit(**_FLAGS)
 def layer_variances(X, depth):
     """``D[n, h-1] = Sigma^h(x_n, x_n)(p, p)``, h = 1..depth-1, float32 (n, depth-1, H, W).
 
@@ -120,7 +124,7 @@ def layer_norms(D: np.ndarray, scaled: bool):
     return (L * _LSCALE if scaled else L), iL
 
 
-@njit(inline="always", **_FLAGS)
+@kernel_jit(inline="always", **_FLAGS)
 def _horner6(u, c):
     """c[0] u^6 + ... + c[6] by Horner, as :func:`mnk.kernels._acos.polyval_f32` (inlined:
     the caller's flags apply and its loop still vectorises)."""
@@ -133,15 +137,15 @@ def _horner6(u, c):
     return p * u + c[6]
 
 
-@njit(**_STEP_FLAGS)
-def _relu_step_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
+@kernel_jit(**_STEP_FLAGS)
+def _relu_step_row(hb, ur, rb, xn_l, zn_l, xr, zr, fixf, first, last):
     """Vertical half of the box filter fused with the ReLU step (module docstring), one row.
 
     hb (H+2, W, 2, L): the row-summed (Sigma, Theta) of this layer, item row ``ur`` reads
     rows ur..ur+2 (one array: few run-time alias checks, so the loop vectorises);
     rb: row buffer (W+4, 2, L) for the results, column v1 at rb[v1 + 2]; ``last``:
-    rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W), zn_l (2, H, Wz, L): this layer's norms;
-    z's column at ``v1 * zsel``.  ``first``/``last`` are compile-time constants (one
+    rb[., 0] <- T~ - fixf S~.  xn_l (2, H, W), zn_l (2, H, L): this layer's norms (z's
+    column in the lane).  ``first``/``last`` are compile-time constants (one
     specialisation each, no branch in the loop); after the first layer Sigma >= 0, so c >= 0.
     """
     numba.literally(first)
@@ -157,12 +161,11 @@ def _relu_step_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
                 rb[r, 0, k] = _ZERO
                 rb[r, 1, k] = _ZERO
             continue
-        zc = v1 * zsel
         for k in range(L):
             sk = hb[ur, v1, 0, k] + hb[ur + 1, v1, 0, k] + hb[ur + 2, v1, 0, k]
             tk = hb[ur, v1, 1, k] + hb[ur + 1, v1, 1, k] + hb[ur + 2, v1, 1, k]
-            lxz = lxs * zn_l[0, zr, zc, k]
-            c = sk * (ilx * zn_l[1, zr, zc, k])
+            lxz = lxs * zn_l[0, zr, k]
+            c = sk * (ilx * zn_l[1, zr, k])
             u = _ONE - (abs(c) if first else c)
             u = u if u > SNAP else _ZERO
             s1 = math.sqrt(u)
@@ -180,12 +183,14 @@ def _relu_step_row(hb, ur, rb, xn_l, zn_l, xr, zr, zsel, fixf, first, last):
                 rb[r, 1, k] = tn
 
 
-@njit(inline="always", **_FLAGS)
-def _hsum(rf, out, L, sh):
+@kernel_jit(inline="always", **_FLAGS)
+def _hsum(rf, out, L):
     """Horizontal half of the box filter on a row: out[k] = rf[o+k-sh] + rf[o+k] + rf[o+k+sh],
-    o = 4 L (two guard columns of (Sigma, Theta) lane vectors before the row)."""
+    o = 4 L (two guard columns of (Sigma, Theta) lane vectors before the row), sh = 2 L + 1
+    (the next column of p, the next lane of q)."""
     n = out.shape[0]
     o = 4 * L
+    sh = 2 * L + 1
     a0 = rf[o - sh : o - sh + n]
     a1 = rf[o : o + n]
     a2 = rf[o + sh : o + sh + n]
@@ -193,21 +198,20 @@ def _hsum(rf, out, L, sh):
         out[k] = a0[k] + a1[k] + a2[k]
 
 
-@njit(**_FLAGS)
-def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
+@kernel_jit(**_FLAGS)
+def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, depth, fix):
     """All layers of one item (module docstring), one sweep over the rows per layer.
 
     HB (2, H+2, W+2, 2, L): horizontally summed (Sigma, Theta), double buffered (row 0 and
     row h+1 are the zero borders); rb (W+6, 2, L): the row buffer.
-    xi (C, H, W+2), xn (depth-1, 2, H, W+2): x's padded image and norms; zi (C, H, Wz, L),
-    zn (depth-1, 2, H, Wz, L): z's, lane vector of column v1 at ``v1 * zsel``.  Item row u
-    is x row ``xr0 + u`` and z row ``zr0 + u``; q's column moves with p's by ``dl`` lanes.
-    Adds the per-lane sums of the final T (minus Sigma if fix) to ``acc``.
+    xi (C, H, W+2), xn (depth-1, 2, H, W+2): x's padded image and norms; zi (C, H, L),
+    zn (depth-1, 2, H, L): z's, one lane per column.  Item row u is x row ``xr0 + u`` and z
+    row ``zr0 + u``.  Adds the per-lane sums of the final T (minus Sigma if fix) to ``acc``
+    (float64: the sums of many small entries).
     """
     C = xi.shape[0]
     W2 = xi.shape[2]
     L = rb.shape[2]
-    sh = 2 * L + dl
     rf = rb.reshape(-1)
     for b in range(2):
         HB[b, h + 1] = _ZERO
@@ -218,10 +222,10 @@ def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
             for c in range(C):
                 xv = xi[c, xr0 + u, v1]
                 for k in range(L):
-                    rb[v1 + 2, 0, k] += xv * zi[c, zr0 + u, v1 * zsel, k]
+                    rb[v1 + 2, 0, k] += xv * zi[c, zr0 + u, k]
             for k in range(L):
                 rb[v1 + 2, 1, k] = _ZERO if fix else rb[v1 + 2, 0, k]
-        _hsum(rf, HB[0, u + 1].reshape(-1), L, sh)
+        _hsum(rf, HB[0, u + 1].reshape(-1), L)
     fixf = _ONE if fix else _ZERO
     cur = 0
     for layer in range(depth - 1):
@@ -231,29 +235,29 @@ def _item(HB, rb, acc, xi, xn, zi, zn, h, xr0, zr0, zsel, dl, depth, fix):
             xl, zl, xr, zr = xn[layer], zn[layer], xr0 + u, zr0 + u
             if layer == 0:
                 if last:
-                    _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, True)
+                    _relu_step_row(hb, u, rb, xl, zl, xr, zr, fixf, True, True)
                 else:
-                    _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, True, False)
+                    _relu_step_row(hb, u, rb, xl, zl, xr, zr, fixf, True, False)
             elif last:
-                _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, True)
+                _relu_step_row(hb, u, rb, xl, zl, xr, zr, fixf, False, True)
             else:
-                _relu_step_row(hb, u, rb, xl, zl, xr, zr, zsel, fixf, False, False)
+                _relu_step_row(hb, u, rb, xl, zl, xr, zr, fixf, False, False)
             if last:
                 for v1 in range(W2):
                     for k in range(L):
                         acc[k] += rb[v1 + 2, 0, k]
             else:
-                _hsum(rf, HB[1 - cur, u + 1].reshape(-1), L, sh)
+                _hsum(rf, HB[1 - cur, u + 1].reshape(-1), L)
         cur = 1 - cur
 
 
-@njit(**_FLAGS)
+@kernel_jit(**_FLAGS)
 def _scratch(H, W2, L):
     return (np.zeros((2, H + 2, W2, 2, L), dtype=np.float32), np.zeros((W2 + 4, 2, L), dtype=np.float32),
             np.zeros(L))
 
 
-@njit(parallel=True, **_FLAGS)
+@kernel_jit(parallel=True, **_FLAGS)
 def _gap_pairs(XI, XN, ZI, ZN, pi, pj, depth, fix, nthreads):
     """Sum over all P x P entries of the final layer, float64 (len(pi),), for each pair."""
     H = XI.shape[2]
@@ -271,27 +275,9 @@ def _gap_pairs(XI, XN, ZI, ZN, pi, pj, depth, fix, nthreads):
             i0 = -a if a < 0 else 0
             acc[:] = 0.0
             _item(HB, rb, acc, XI[pi[k]], XN[pi[k]], ZI[pj[k]], ZN[pj[k]], H - abs(a), i0, i0 + a,
-                  0, 1, depth, fix)
+                  depth, fix)
             part[it] = acc.sum()
     return part.reshape(pi.shape[0], na).sum(axis=1)
-
-
-@njit(parallel=True, **_FLAGS)
-def _trace_groups(XI, XN, ZG, ZGN, gi, gg, depth, fix, nthreads):
-    """(len(gi), L): trace of the final layer for x image gi[k] and the L images of group gg[k]."""
-    H = XI.shape[2]
-    W2 = XI.shape[3]
-    L = ZG.shape[-1]
-    nitems = gi.shape[0]
-    out = np.zeros((nitems, L))
-    nchunks = min(nitems, 4 * nthreads)
-    for ch in prange(nchunks):
-        HB, rb, acc = _scratch(H, W2, L)
-        for it in range(ch, nitems, nchunks):
-            acc[:] = 0.0
-            _item(HB, rb, acc, XI[gi[it]], XN[gi[it]], ZG[gg[it]], ZGN[gg[it]], H, 0, 0, 1, 0, depth, fix)
-            out[it] = acc
-    return out
 
 
 
@@ -299,42 +285,27 @@ def _trace_groups(XI, XN, ZG, ZGN, gi, gg, depth, fix, nthreads):
 
 
 def _lanes(W: int) -> int:
-    """Lanes of a GAP item: q's W columns and at least one zero guard, rounded up to 8."""
+    """Lanes of an item: q's W columns and at least one zero guard, rounded up to 8."""
     return -(-(W + 1) // 8) * 8
 
 
-def _pack_x(X32: np.ndarray, depth: int, scaled: bool = True):
+def _pack_x(X32: np.ndarray, depth: int):
     """x side: images (n, C, H, W) and norms (n, depth-1, 2, H, W), float32."""
-    L, iL = layer_norms(layer_variances(X32, depth), scaled)
+    L, iL = layer_norms(layer_variances(X32, depth), True)
     return np.ascontiguousarray(X32), np.ascontiguousarray(np.stack([L, iL], axis=2))
 
 
-def _pack_z_gap(X32: np.ndarray, depth: int, lanes: int):
-    """z side of GAP items: images (m, C, H, 1, lanes), norms (m, depth-1, 2, H, 1, lanes);
+def _pack_z(X32: np.ndarray, depth: int, lanes: int):
+    """z side of items: images (m, C, H, lanes), norms (m, depth-1, 2, H, lanes);
     lane = column, lanes W.. are zero guards."""
     m, C, H, W = X32.shape
-    ZI = np.zeros((m, C, H, 1, lanes), dtype=np.float32)
-    ZI[..., 0, :W] = X32
+    ZI = np.zeros((m, C, H, lanes), dtype=np.float32)
+    ZI[..., :W] = X32
     L, iL = layer_norms(layer_variances(X32, depth), False)
-    ZN = np.zeros((m, depth - 1, 2, H, 1, lanes), dtype=np.float32)
-    ZN[:, :, 0, :, 0, :W] = L
-    ZN[:, :, 1, :, 0, :W] = iL
+    ZN = np.zeros((m, depth - 1, 2, H, lanes), dtype=np.float32)
+    ZN[:, :, 0, :, :W] = L
+    ZN[:, :, 1, :, :W] = iL
     return ZI, ZN
-
-
-def _pack_z_trace(X32: np.ndarray, depth: int):
-    """z side of trace items: groups of TRACE_LANES images, the image index innermost."""
-    XI, XN = _pack_x(X32, depth, scaled=False)
-    m = len(XI)
-    G = -(-m // TRACE_LANES)
-    pad = G * TRACE_LANES - m
-
-    def group(A):
-        A = np.concatenate([A, np.zeros((pad,) + A.shape[1:], dtype=A.dtype)])
-        A = A.reshape((G, TRACE_LANES) + A.shape[1:])
-        return np.ascontiguousarray(np.moveaxis(A, 1, -1))
-
-    return group(XI), group(XN)
 
 
 def _gap_block(K, XI, XN, ZI, ZN, x0, z0, diag, depth, fix, norm, bar):
@@ -350,28 +321,6 @@ def _gap_block(K, XI, XN, ZI, ZN, x0, z0, diag, depth, fix, norm, bar):
         bar.update(b1 - b0)
 
 
-def _trace_block(K, XI, XN, ZG, ZGN, x0, z0, nz, diag, depth, fix, norm, bar):
-    """Fill K's entries of one block for the trace (lanes = z images)."""
-    nx = len(XI)
-    G = len(ZG)
-    if diag:  # groups that hold some j <= i
-        items = [(i, g) for i in range(nx) for g in range(i // TRACE_LANES + 1)]
-        gi, gg = np.array(items, dtype=np.int64).reshape(-1, 2).T
-    else:
-        gi, gg = np.indices((nx, G)).reshape(2, -1)
-    gi = np.ascontiguousarray(gi, dtype=np.int64)
-    gg = np.ascontiguousarray(gg, dtype=np.int64)
-    lanes = np.arange(TRACE_LANES)
-    for b0, b1 in batches(len(gi), 64 if bar.active else 1):
-        out = _trace_groups(XI, XN, ZG, ZGN, gi[b0:b1], gg[b0:b1], depth, fix,
-                             numba.get_num_threads())
-        j = gg[b0:b1, None] * TRACE_LANES + lanes[None, :]
-        i = np.broadcast_to(gi[b0:b1, None], j.shape)
-        ok = (j < nz) & ((j <= i) if diag else True)
-        K[x0 + i[ok], z0 + j[ok]] = out[ok] * norm
-        bar.update(int(ok.sum()))
-
-
 def _unit_scale(X: np.ndarray):
     """float32 images scaled to max |value| 1 each, and the scales (1 for an all-zero image)."""
     scale = np.abs(X).reshape(len(X), -1).max(axis=1)
@@ -379,16 +328,15 @@ def _unit_scale(X: np.ndarray):
     return (X / scale[:, None, None, None]).astype(np.float32), scale
 
 
-def cntk_gram_cpu32(X: np.ndarray, Z: np.ndarray, symmetric: bool, *, depth: int, gap: bool,
-                    fix: bool, progress: bool | None = None) -> np.ndarray:
-    """CNTK Gram matrix computed in float32, returned as float64 (len(X), len(Z)).
+def cntk_gram_cpu32(X: np.ndarray, Z: np.ndarray, symmetric: bool, *, depth: int, fix: bool,
+                    progress: bool | None = None) -> np.ndarray:
+    """CNTK Gram matrix with global average pooling computed in float32, returned as float64
+    (len(X), len(Z)).
 
     Prepared inputs (see :func:`mnk.kernels.cntk_gram`): X, Z float64 (n, C, H, W), finite,
     validated; ``symmetric``: Z is X (lower triangle computed, then mirrored).
     """
     n, m = len(X), len(Z)
-    if not gap and not symmetric and m < n:  # the trace puts Z images in lanes: the larger set
-        return cntk_gram_cpu32(Z, X, False, depth=depth, gap=gap, fix=fix, progress=progress).T.copy()
     K = np.zeros((n, m), dtype=np.float64)
     if n == 0 or m == 0:
         return K
@@ -397,12 +345,12 @@ def cntk_gram_cpu32(X: np.ndarray, Z: np.ndarray, symmetric: bool, *, depth: int
     _, C, H, W = X.shape
     P = H * W
     lanes = _lanes(W)
-    norm = 1.0 / (float(P) * float(P)) if gap else 1.0
+    norm = 1.0 / (float(P) * float(P))
     npairs = n * (n + 1) // 2 if symmetric else n * m
-    bar = PairProgress(npairs, npairs * float(P if not gap else P * P) * (depth - 1),
-                    f"CNTK cpu float32 {H}x{W} depth {depth} {'gap' if gap else 'trace'}", progress)
+    bar = PairProgress(npairs, npairs * float(P * P) * (depth - 1),
+                       f"CNTK cpu float32 {H}x{W} depth {depth} gap", progress)
     per_image = 4 * (depth + C) * 2 * H * max(lanes, W + 2) * 2
-    csize = max(TRACE_LANES, (_CHUNK_BYTES // per_image) // TRACE_LANES * TRACE_LANES)
+    csize = max(1, _CHUNK_BYTES // per_image)
     xch = chunks(n, csize)
     zch = xch if symmetric else chunks(m, csize)
     try:
@@ -411,13 +359,8 @@ def cntk_gram_cpu32(X: np.ndarray, Z: np.ndarray, symmetric: bool, *, depth: int
             for cj, (z0, z1) in enumerate(zch):
                 if symmetric and cj > ci:
                     break
-                diag = symmetric and cj == ci
-                if gap:
-                    ZI, ZN = _pack_z_gap(Z32[z0:z1], depth, lanes)
-                    _gap_block(K, XI, XN, ZI, ZN, x0, z0, diag, depth, fix, norm, bar)
-                else:
-                    ZG, ZGN = _pack_z_trace(Z32[z0:z1], depth)
-                    _trace_block(K, XI, XN, ZG, ZGN, x0, z0, z1 - z0, diag, depth, fix, norm, bar)
+                ZI, ZN = _pack_z(Z32[z0:z1], depth, lanes)
+                _gap_block(K, XI, XN, ZI, ZN, x0, z0, symmetric and cj == ci, depth, fix, norm, bar)
     finally:
         bar.close()
     if symmetric:

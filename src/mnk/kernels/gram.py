@@ -15,19 +15,19 @@ import numpy as np
 
 from mnk.kernels._validate import as_images, check_depth
 from mnk.kernels.ntk import ntk_gram
-from mnk.kernels.options import BACKENDS, DTYPES  # one list each, with the config's options
+from mnk.kernels.options import BACKENDS, DTYPES, cpu_dtype  # one list each, with the config's options
 
-__all__ = ["DTYPES", "check_dtype", "cntk_gram", "ntk_gram", "select_backend"]
+__all__ = ["DTYPES", "check_dtype", "cntk_gram", "cpu_dtype", "ntk_gram", "select_backend"]
 
 log = logging.getLogger("mnk.kernels")
 
 _logged: set[str] = set()
 
 
-def _log_choice(msg: str, *args) -> None:
-    """INFO the first time a given backend decision is made in this process, DEBUG after."""
+def _log_choice(msg: str, *args, level: int = logging.INFO) -> None:
+    """At `level` the first time a given backend decision is made in this process, DEBUG after."""
     text = msg % args
-    level = logging.DEBUG if text in _logged else logging.INFO
+    level = logging.DEBUG if text in _logged else level
     _logged.add(text)
     log.log(level, text)
 
@@ -88,8 +88,9 @@ def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, bac
     final P x P NTK) else trace; ``fix``: first and last layer fixed.  ``backend``:
     "cpu", "cuda" or "auto" (cuda when :func:`mnk.kernels.cntk_cuda.cuda_available`).
     ``dtype``: arithmetic of the CPU backend, "float64" (exact, :mod:`mnk.kernels.cntk_cpu`)
-    or "float32" (vectorised, ~1e-7 relative with gap, :mod:`mnk.kernels.cntk_cpu32`); the
-    result is float64 either way.  The CUDA backend keeps its own precision whatever
+    or "float32" (vectorised, ~1e-7 relative, :mod:`mnk.kernels.cntk_cpu32`; with gap only:
+    the trace is computed in float64 and a warning says so, :func:`cpu_dtype`); the result
+    is float64 either way.  The CUDA backend keeps its own precision whatever
     ``dtype`` says (float32 with gap, float64 for the trace).
     Definition and conventions: :mod:`mnk.kernels.cntk_cpu`.  Inputs are validated here,
     once; the backends receive prepared float64 (n, C, H, W) arrays.
@@ -114,10 +115,13 @@ def cntk_gram(X, Z=None, *, depth: int, gap: bool = True, fix: bool = False, bac
     Zp = Xi if symmetric else Zi
     if chosen == "cuda":
         return _cuda_gram(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix)
-    if dtype == "float32":
+    if cpu_dtype(dtype, gap) == "float32":
         from mnk.kernels.cntk_cpu32 import cntk_gram_cpu32  # noqa: PLC0415 (numba import is slow)
 
-        return cntk_gram_cpu32(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix)
+        return cntk_gram_cpu32(Xi, Zp, symmetric, depth=depth, fix=fix)
+    if dtype == "float32":
+        _log_choice("cntk_gram: dtype 'float32' -> float64 for the trace (gap=False): float32 is not "
+                    "accurate to 1e-5 there (mnk.kernels.cntk_cpu32)", level=logging.WARNING)
     from mnk.kernels.cntk_cpu import gram_prepared  # noqa: PLC0415
 
     return gram_prepared(Xi, Zp, symmetric, depth=depth, gap=gap, fix=fix)

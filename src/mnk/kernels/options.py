@@ -55,6 +55,12 @@ class KernelOptions:
         return cls(**{key: value for key, value in section.items() if key in fields})
 
 
+def cpu_dtype(dtype: str, gap: bool) -> str:
+    """The arithmetic the CPU CNTK computes in for `kernel.dtype`: float32 only with global
+    average pooling (the trace is not accurate to 1e-5 in float32: mnk.kernels.cntk_cpu32)."""
+    return dtype if gap else "float64"
+
+
 BACKENDS = ("auto", "cpu", "cuda")
 
 

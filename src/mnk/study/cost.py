@@ -7,7 +7,7 @@ apart from `mnk.study.plan` so that updating a speed reruns no kernel block.
 from __future__ import annotations
 
 
-from mnk.kernels.options import KernelOptions
+from mnk.kernels.options import KernelOptions, cpu_dtype
 from mnk.study.config import SCHEMA, StudyConfig, parse_config
 from mnk.study.plan import STAGES, experiment_ids, parse_experiment, pools
 
@@ -15,7 +15,7 @@ from mnk.study.plan import STAGES, experiment_ids, parse_experiment, pools
 # Work of one CNTK pair ~ depth x P x (P with global average pooling, else 1), P = pixels.
 GPU_SECONDS_PER_UNIT = 1.6e-12  # NVIDIA H200, fused kernel: 33.45 us/pair at 32x32, depth 20, gap
 # CPU-seconds per entry-layer, numba backends, 2-core VM (bench_cntk_cpu): float64 7.0-11.5 ns,
-# float32 1.05-1.73 ns with gap and 2.5 ns for the trace.
+# float32 1.05-1.73 ns (with gap only: the trace is computed in float64, cpu_dtype).
 CPU_SECONDS_PER_UNIT = {"float64": 7.6e-9, "float32": 1.8e-9}
 NTK_SECONDS_PER_PAIR = 1e-6
 META_ITERATIONS_PER_SECOND = {"maml": 25.0, "imaml": 5.0}  # H200, vmap (BENCHMARKS.md)
@@ -39,7 +39,7 @@ def pair_seconds(kernel: KernelOptions, pixels: int, device: str) -> float:
     work = kernel.depth * pixels * (pixels if kernel.gap else 1)
     if device == "cuda":
         return work * GPU_SECONDS_PER_UNIT
-    return work * CPU_SECONDS_PER_UNIT[kernel.dtype]
+    return work * CPU_SECONDS_PER_UNIT[cpu_dtype(kernel.dtype, kernel.gap)]
 
 
 def kernel_side(study: StudyConfig) -> int:
