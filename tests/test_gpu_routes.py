@@ -115,14 +115,14 @@ rule gpu_job:
     resources:
         gpu=1,
     run:
-        start = time.time(); time.sleep(1.5)
+        start = time.time(); time.sleep(2)
         open(output[0], "w").write(f"{start} {time.time()}\n")
 
 rule cpu_job:
     output:
         "done/cpu{i}",
     run:
-        start = time.time(); time.sleep(1.5)
+        start = time.time(); time.sleep(2)
         open(output[0], "w").write(f"{start} {time.time()}\n")
 '''
 
@@ -162,7 +162,7 @@ def test_default_profile_runs_at_most_one_gpu_job_per_gpu(tmp_path):
     assert most_at_once(one / "done") == 1
     # without the profile nothing limits them: the check above can fail
     free = gpu_workflow(tmp_path / "free")
-    run(free, "--cores", "4", "--workflow-profile", "none", gpus="0,1")
+    run(free, "--cores", "6", "--workflow-profile", "none", gpus="0,1")  # room for all 6 jobs at once
     assert most_at_once(free / "done") > 2
 
 

@@ -87,7 +87,7 @@ def test_own_data_config_errors_before_any_job(tmp_path, edit, message):
 
 def test_omniglot_bounds_do_not_apply_to_a_folder_dataset(tmp_path):
     """shot + query above Omniglot's 20 is fine for a folder whose classes have enough images."""
-    data = folder_data(tmp_path, {f"c{c}": 22 for c in range(10)}, {f"t{c}": 22 for c in range(5)}, image_size=8)
+    data = folder_data(tmp_path, {f"c{c}": 22 for c in range(10)}, {f"t{c}": 22 for c in range(5)}, image_size=16)
     config = config_with(data=data, tasks={"n_characters": [5], "n_val_characters": 5, "query": 20},
                          kernel={"image_size": 8})
     assert planned_jobs(REPO, "--forceall", "--configfile", write_config(tmp_path / "c.yaml", config))
@@ -151,17 +151,17 @@ def test_twenty_way_one_shot_from_a_task_list_end_to_end(tmp_path, mirror):
 @pytest.mark.slow
 def test_rgb_folder_dataset_end_to_end(tmp_path):
     data = folder_data(tmp_path / "data", {f"alpha{a}/c{c}": 3 for a in range(2) for c in range(5)},
-                       {f"omega/c{c}": 3 for c in range(5)}, channels=3, image_size=8)
+                       {f"omega/c{c}": 3 for c in range(5)}, channels=3, image_size=16)
     config = config_with(data=data, kernel={**BIG_BLOCKS, "image_size": 8},
                          tasks={**ONE_PASS, "n_characters": [5], "n_val_characters": 5, "query": 2,
                                 "n_test_tasks": 2},
                          imaml={"enabled": False})  # iMAML's imaml4 net needs > 8 pixels; RGB iMAML: test_folder.py
     root = run_project(tmp_path, config)
     arrays = load_npz(root / "results" / "data" / "dataset.npz")
-    assert arrays["images"].shape == (45, 3, 8, 8)
+    assert arrays["images"].shape == (45, 3, 16, 16)
     assert list(arrays["alphabet_names"]) == ["alpha0", "alpha1", "omega"]
     exp = "5way1shot-5char-seed0"
-    assert load_npz(root / "results" / "tasks" / exp / "images.npz")["images"].shape == (15 + 15 + 2 * 15, 3, 8, 8)
+    assert load_npz(root / "results" / "tasks" / exp / "images.npz")["images"].shape == (15 + 15 + 2 * 15, 3, 16, 16)
     summary = pd.read_csv(root / "results" / "summary.csv")
     assert set(summary["method"]) == {"mnk", "maml", "kernel_regression", "prototypes"}
     assert np.isfinite(summary["accuracy"]).all()
@@ -172,7 +172,7 @@ def test_rgb_folder_dataset_end_to_end(tmp_path):
 def test_an_edit_behind_a_linked_class_reruns_preprocessing(tmp_path):
     """The data fingerprint follows folder links: an image edited under a linked class is seen
     (the former `rglob` fingerprint gave "Nothing to be done")."""
-    data = folder_data(tmp_path / "data", {f"c{c}": 5 for c in range(9)}, {f"t{c}": 5 for c in range(5)}, image_size=8)
+    data = folder_data(tmp_path / "data", {f"c{c}": 5 for c in range(9)}, {f"t{c}": 5 for c in range(5)}, image_size=16)
     make_folder(tmp_path / "elsewhere", {"c9": 5}, seed=2)
     (tmp_path / "data" / "train" / "c9").symlink_to(tmp_path / "elsewhere" / "c9")
     config = config_with(data=data, tasks={"n_characters": [5], "n_val_characters": 5}, kernel={"image_size": 8})
@@ -181,7 +181,7 @@ def test_an_edit_behind_a_linked_class_reruns_preprocessing(tmp_path):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     write_config(root / "config" / "config.yaml", config)
     snakemake(root, "--cores", "1", "results/data/dataset.npz")
-    assert load_npz(root / "results" / "data" / "dataset.npz")["images"].shape == (75, 8, 8)
+    assert load_npz(root / "results" / "data" / "dataset.npz")["images"].shape == (75, 16, 16)
     assert not planned_jobs(root, "results/data/dataset.npz")
     image = tmp_path / "elsewhere" / "c9" / "03.png"
     image.write_bytes((tmp_path / "data" / "train" / "c0" / "00.png").read_bytes())
