@@ -17,8 +17,9 @@ import os
 import subprocess
 import sys
 
-PIN_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
-                 "MKL_CBWR", "OPENBLAS_CORETYPE", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")
+from mnk.infra.numerics import AVX2_ENVIRONMENT  # the pinned variables, one list
+
+PIN_VARIABLES = tuple(AVX2_ENVIRONMENT)
 
 
 def child(mode: str, updates: int) -> dict:

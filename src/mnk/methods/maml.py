@@ -502,6 +502,10 @@ class _Run:
         return len(self.tasks["val_support"])
 
     @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    @property
     def stopped_by(self) -> str:
         return "plateau" if self.n_val and self.plateau.reached else "budget"
 
@@ -618,7 +622,7 @@ def _metrics(run: _Run, test_acc: np.ndarray, seed: int, wall_seconds: float) ->
         "query": _scalar(tasks, "query") if "query" in tasks else None,
         "seed": int(seed),
         "options": dataclasses.asdict(run.options),
-        "n_parameters": sum(p.numel() for p in run.model.parameters()),
+        "n_parameters": run.n_parameters,
         "device": str(dev) if dev.type != "cuda" else f"{dev} ({torch.cuda.get_device_name(dev)})",
         "torch_version": torch.__version__,
         "wall_seconds": wall_seconds,
@@ -657,7 +661,7 @@ def train_and_evaluate(images: np.ndarray, tasks: Mapping, *, method: str, optio
     say(f"{method}: at most {run.max_updates} meta-updates (patience {options.patience} "
         f"evaluations of every {run.eval_interval}) of {run.sampler.meta_batch} "
         f"{options.task_sampling} tasks from {run.sampler.n_characters} characters, "
-        f"{sum(p.numel() for p in run.model.parameters())} parameters, options "
+        f"{run.n_parameters} parameters, options "
         f"{dataclasses.asdict(options)}")
     if not run.n_val:
         say(f"{method}: no validation tasks: the LAST evaluation's checkpoint is selected")

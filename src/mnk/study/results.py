@@ -320,13 +320,11 @@ def plot_cost(summary: pd.DataFrame, png, pdf) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    curves = [(m, summary[summary["method"] == m], "cpu_seconds", "-") for m in _methods(summary)]
-    for i, (method, rows, column, style) in enumerate(curves):
-        mean = rows.groupby("n_train_tasks")[column].mean().dropna()
+    for i, method in enumerate(_methods(summary)):
+        mean = summary[summary["method"] == method].groupby("n_train_tasks")["cpu_seconds"].mean().dropna()
         if mean.empty:
             continue
-        color = "black" if style == "--" else _color(method, i)
-        ax.plot(mean.index, mean.to_numpy(), style, marker="o", ms=4, color=color,
+        ax.plot(mean.index, mean.to_numpy(), "-", marker="o", ms=4, color=_color(method, i),
                 label=METHOD_LABELS.get(method, method))
     ax.set(xscale="log", yscale="log", xlabel="training tasks", ylabel="CPU seconds per experiment",
            title="Compute per experiment, measured (mean over seeds)")
