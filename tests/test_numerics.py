@@ -77,3 +77,9 @@ def test_readme_table_check_fails_on_a_hand_edit(tmp_path):
     assert verify.readme_problems(readme, REPO / verify.DEFAULT_SUMMARY)
     verify.readme_problems(readme, REPO / verify.DEFAULT_SUMMARY, write=True)
     assert verify.readme_problems(readme, REPO / verify.DEFAULT_SUMMARY) == []
+
+
+def test_a_missing_results_file_is_named(tmp_path):
+    ref = _write(tmp_path / "ref.csv", ["mnk,5,1,5,0,0.8"])
+    with pytest.raises(FileNotFoundError, match="absent.csv: no such results file"):
+        verify.compare(tmp_path / "absent.csv", ref, verify.KEY)
