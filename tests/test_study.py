@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -69,11 +71,11 @@ def test_selection_never_reads_test_tasks():
 def test_selection_picks_the_best_validation_accuracy_first_on_ties():
     K, tasks, features = _study(seed=1)
     settings = grid_settings(GRID)
-    assert len(settings) == 12 and settings[0] == Setting(1e-5, "onehot", "nearest_centroid")
+    assert len(settings) == 12 and settings[0] == Setting(1e-5, math.inf, math.inf, "onehot", "nearest_centroid")
     chosen, table = select_setting(K, tasks, features, settings, OPTIONS)
     direct = []
     for setting in settings:  # each setting evaluated on its own, from the saved labels
-        _, labels = mnk_labels(K, tasks, "val", features, setting, OPTIONS)
+        _, labels, _ = mnk_labels(K, tasks, "val", features, setting, OPTIONS)
         direct.append((labels == tasks["val_query_labels"]).mean(axis=1).mean())
     np.testing.assert_allclose([row["val_accuracy"] for row in table], direct, atol=1e-12)
     assert chosen == settings[int(np.argmax(direct))]  # argmax: the first of equal maxima

@@ -97,7 +97,7 @@ def test_tiny_run_produces_every_output(project):
     summary = (project / "results" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("method,experiment,way,shot,n_characters")
     assert len(summary) == 1 + 5 * 2  # 5 methods (2 without meta-learning) x 2 experiments
-    for figure in ("accuracy", "paired", "cost", "kernel_heatmap", "learning_curves"):
+    for figure in ("accuracy", "paired", "cost", "mnk_grid", "mnk_spectrum", "learning_curves"):
         assert (project / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
     metrics = json.loads((project / "results" / "mnk" / "5way1shot-10char-seed0" / "metrics.json").read_text())
     assert 0.2 < metrics["accuracy"] <= 1.0 and metrics["ci95_low"] <= metrics["accuracy"] <= metrics["ci95_high"]

@@ -206,7 +206,8 @@ def final_outputs():
         "results/figures/accuracy.png",
         "results/figures/paired.png",
         "results/figures/cost.png",
-        "results/figures/kernel_heatmap.png",
+        "results/figures/mnk_grid.png",
+        "results/figures/mnk_spectrum.png",
     ]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
 from mnk.infra.checks import as_list
 from mnk.kernels.options import KernelOptions
+from mnk.methods.options import GRID_KEYS
 from mnk.tasks.spec import grid_problems
 
 GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")  # NVIDIA driver, ROCm
@@ -128,17 +129,17 @@ def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
         if any(isinstance(r, (int, float)) and not math.isfinite(r) for r in values):
             problems.append(f"{key} {values} must be finite")
     grid = mnk.get("grid", {})
-    settings = math.prod(len(as_list(grid.get(key, [None]))) for key in ("r2", "targets", "decoder"))
+    settings = math.prod(len(as_list(grid.get(key, [None]))) for key in GRID_KEYS)
     if settings > 1 and not tasks.get("n_val_tasks"):
         problems.append(f"mnk.grid has {settings} settings to choose from but tasks.n_val_tasks is 0: "
                         "selection needs validation tasks (or give the grid one value per key)")
     if mnk.get("solver") == "lowrank":
-        finite = [t for t in as_list(mnk.get("meta_time", math.inf))
+        finite = [t for t in as_list(grid.get("meta_time", math.inf))
                   if isinstance(t, (int, float)) and math.isfinite(t)]
         if finite:
             problems.append(
-                f"mnk.solver 'lowrank' needs mnk.meta_time .inf, got {finite[0]}: use solver 'dense' "
-                "(or 'auto') for a finite meta_time"
+                f"mnk.solver 'lowrank' needs mnk.grid.meta_time [.inf], got {finite[0]}: use solver 'dense' "
+                "(or 'auto', which solves finite times densely) for a finite meta_time"
             )
         if 0 in r2:
             problems.append("mnk.solver 'lowrank' needs every mnk.grid.r2 > 0: Phi[train, train] has "
