@@ -66,6 +66,8 @@ def test_unknown_keys_are_ignored(tmp_path):
                                                        "964 training characters"]),
     (lambda c: c["tasks"].update(n_val_characters=3), ["tasks.n_val_characters 3", "tasks.way 5"]),
     (lambda c: c["kernel"].update(depth=1), ["kernel.depth", "'cntk'", ">= 2", "got 1"]),
+    (lambda c: c["kernel"].update(source="original") or c["data"].update(dataset="folder", folder={"train_root": "."}),
+     ["kernel.source 'original'", "data.dataset is 'folder'"]),
     (lambda c: c["mnk"].update(solver="lowrank") or c["mnk"]["grid"].update(meta_time=[math.inf, 10.0]),
      ["mnk.solver 'lowrank'", "mnk.grid.meta_time", "10.0"]),
     (lambda c: c["mnk"]["grid"].update(r2=[1e-5, 0.0]) or c["mnk"].update(solver="lowrank"), ["every mnk.grid.r2 > 0"]),

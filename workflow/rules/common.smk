@@ -78,6 +78,11 @@ def dataset_npz():
     return "results/data/omniglot.npz"
 
 
+def originals_input():
+    """make_pool keeps the pool's original images when the kernel resamples them (kernel.source)."""
+    return "results/data/omniglot_originals.npz" if STUDY.kernel_source == "original" else []
+
+
 def image_params():
     """The data settings that decide how an image becomes an array (task-list images too)."""
     return canonical(STUDY.data.params())

@@ -35,6 +35,7 @@ def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
         *task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")),
         *task_list_problems(tasks, Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
+        *kernel_source_problems(config),
         *mnk_problems(config.get("mnk", {}), tasks),
     ]
 
@@ -119,6 +120,20 @@ def kernel_problems(kernel: dict) -> list[str]:
         KernelOptions.from_section(kernel)
     except (TypeError, ValueError) as error:
         return [str(error)]
+    return []
+
+
+def kernel_source_problems(config: dict) -> list[str]:
+    """kernel.source original needs the originals: Omniglot's, without a task list's images."""
+    if config.get("kernel", {}).get("source") != "original":
+        return []
+    dataset = config.get("data", {}).get("dataset", "omniglot")
+    if dataset != "omniglot":
+        return [f"kernel.source 'original' needs Omniglot's original images, but data.dataset is {dataset!r} "
+                "(its images are kept at data.image_size only): use kernel.source auto or preprocessed"]
+    if config.get("tasks", {}).get("test_tasks"):
+        return ["kernel.source 'original' needs Omniglot's original images, but tasks.test_tasks brings its own "
+                "test images (kept at data.image_size only): use kernel.source auto or preprocessed"]
     return []
 
 
