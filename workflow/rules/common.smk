@@ -80,7 +80,11 @@ def dataset_npz():
 
 def originals_input():
     """make_pool keeps the pool's original images when the kernel resamples them (kernel.source)."""
-    return "results/data/omniglot_originals.npz" if STUDY.kernel_source == "original" else []
+    return (
+        "results/data/omniglot_originals.npz"
+        if STUDY.kernel_source == "original"
+        else []
+    )
 
 
 def image_params():

@@ -365,10 +365,14 @@ def _time_label(value: float) -> str:
 def plot_mnk_grid(grid: pd.DataFrame, png, pdf) -> None:
     """Validation accuracy over the MNK grid: one panel per (way, shot, n_characters), r2 on
     the x axis (log), one line per (targets, decoder, meta_time, inner_time), means over the
-    seeds; per-task kernel regression on the same validation tasks as a horizontal line."""
+    seeds; per-task kernel regression on the same validation tasks as a horizontal line, the
+    y axis from 25 points below it (settings far worse leave the frame)."""
     _style()
     import matplotlib.pyplot as plt
 
+    # one-hot predictions decode alike under both decoders (argmax): one line for them
+    first_decoder = grid[grid["targets"] == "onehot"]["decoder"].min()
+    grid = grid[(grid["targets"] != "onehot") | (grid["decoder"] == first_decoder)]
     panels = sorted({(int(w), int(k), int(c)) for w, k, c in zip(grid["way"], grid["shot"], grid["n_characters"])})
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.8), squeeze=False,
                              sharey=True)
@@ -391,6 +395,7 @@ def plot_mnk_grid(grid: pd.DataFrame, png, pdf) -> None:
         reference = rows.groupby("seed")["kernel_regression_val_accuracy"].first().astype(float).mean()
         if math.isfinite(reference):
             ax.axhline(reference, color="black", lw=1.5, label="kernel regression (no meta)")
+            ax.set_ylim(max(1.0 / way, reference - 0.25), min(1.0, reference + 0.1))  # settings far below leave the frame
         ax.set_xscale("log")
         _percent_axis(ax)
         ax.set(xlabel="r2 (ridge on the MNK)", ylabel="validation accuracy",
@@ -414,6 +419,7 @@ def plot_mnk_spectrum(spectra, r2_values, meta_times, png, pdf) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    spectra = sorted(spectra, key=lambda s: (int(s[0]), int(s[1])))
     characters = sorted({int(c) for c, _, _, _ in spectra})
     for chars, seed, eigenvalues, _ in spectra:
         positive = np.asarray(eigenvalues)[np.asarray(eigenvalues) > 0]
