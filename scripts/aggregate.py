@@ -1,8 +1,9 @@
-"""Rule aggregate: every metrics file -> summary.csv, per_task.csv and paired.csv."""
+"""Rule aggregate: every metrics file -> summary.csv, per_task.csv, paired.csv, learning_curves.csv
+and mnk_grid.csv."""
 
 from mnk.infra.io import atomic_path
 from mnk.infra.runtime import logged_run
-from mnk.study.results import learning_curves, paired_differences, per_task_table, summarise
+from mnk.study.results import learning_curves, mnk_grid_table, paired_differences, per_task_table, summarise
 
 with logged_run(snakemake.log[0], "aggregate") as log:
     out = snakemake.output
@@ -14,7 +15,8 @@ with logged_run(snakemake.log[0], "aggregate") as log:
     log.info("\n%s", summary[["method", "n_characters", "seed", "accuracy", "test_tasks_id"]].to_string())
     log.info("paired differences:\n%s", paired.to_string())
     curves = learning_curves(snakemake.input.metrics)
+    grid = mnk_grid_table(snakemake.input.metrics)
     for frame, path in ((summary, out.summary), (per_task, out.per_task), (paired, out.paired),
-                        (curves, out.learning_curves)):
+                        (curves, out.learning_curves), (grid, out.mnk_grid)):
         with atomic_path(path, suffix=".csv") as tmp:
             frame.to_csv(tmp, index=False)

@@ -1,10 +1,12 @@
-"""Rule figures: plots from the aggregated tables and the heatmap matrices solve_mnk wrote."""
+"""Rule figures: plots from the aggregated tables and the MNK spectra solve_mnk wrote."""
 
 import pandas as pd
 
 from mnk.infra.io import load_npz
 from mnk.infra.runtime import logged_run
-from mnk.study.results import plot_accuracy, plot_cost, plot_kernel_heatmap, plot_learning_curves, plot_paired
+from mnk.methods.options import MNKSection
+from mnk.study.results import (plot_accuracy, plot_cost, plot_learning_curves, plot_mnk_grid, plot_mnk_spectrum,
+                               plot_paired)
 
 with logged_run(snakemake.log[0], "figures") as log:
     out = snakemake.output
@@ -14,9 +16,12 @@ with logged_run(snakemake.log[0], "figures") as log:
     plot_paired(pd.read_csv(snakemake.input.paired), out.paired, out.paired_pdf)
     plot_cost(summary, out.cost, out.cost_pdf)
     plot_learning_curves(pd.read_csv(snakemake.input.learning_curves), summary, out.learning, out.learning_pdf)
-    heatmap = load_npz(snakemake.input.heatmap)
-    n_tasks = int(heatmap["n_tasks"])
-    log.info("heatmaps over %d tasks, %d query images", n_tasks, len(heatmap["base"]))
-    plot_kernel_heatmap(heatmap["base"], heatmap["phi"], out.heatmap, out.heatmap_pdf,
-                        base_title=f"normalised base kernel ({n_tasks} tasks' queries, by class)",
-                        meta_title="meta neural kernel (same queries)")
+    plot_mnk_grid(pd.read_csv(snakemake.input.mnk_grid), out.mnk_grid, out.mnk_grid_pdf)
+    spectra = []
+    for experiment, path in zip(snakemake.params.spectrum_experiments, snakemake.input.spectra):
+        spectrum = load_npz(path)
+        spectra.append((experiment["n_characters"], experiment["seed"], spectrum["eigenvalues"],
+                        spectrum["phi_diagonal"]))
+    log.info("MNK spectra of %d experiments", len(spectra))
+    grid = MNKSection.from_section(snakemake.params.mnk)
+    plot_mnk_spectrum(spectra, grid.r2, grid.meta_time, out.spectrum, out.spectrum_pdf)

@@ -8,6 +8,7 @@ from mnk.infra.io import load_npz
 from mnk.infra.runtime import cpu_seconds, logged_run
 from mnk.kernels.gram import select_backend
 from mnk.kernels.options import KernelOptions
+from mnk.kernels.transform import source_images
 from mnk.study.blocks import block_identity, compute_block, prepare_images, write_block
 from mnk.study.plan import Block, PoolPlan, from_params
 
@@ -18,7 +19,7 @@ with logged_run(snakemake.log[0], "kernel_block") as log:
     identity = snakemake.params.identity
     options = KernelOptions.from_section(identity["kernel"])
     pool_ids = load_npz(snakemake.input.pool)["image_ids"]
-    raw = load_npz(snakemake.input.images)["images"]
+    raw = source_images(load_npz(snakemake.input.images), options.source)  # originals when the data kept them
     if len(raw) != pool.n_images or len(pool_ids) != pool.n_images:
         raise ValueError(f"{snakemake.input.pool}: {len(pool_ids)} images, the plan of {pool.name} has "
                          f"{pool.n_images}; rerun make_pool (--forcerun make_pool)")

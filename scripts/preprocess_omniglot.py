@@ -1,4 +1,5 @@
-"""Rule preprocess_omniglot: both archives -> one compressed array file."""
+"""Rule preprocess_omniglot: both archives -> one compressed array file, and the original
+105x105 images in a second one (read only by make_pool, for the kernel's own resampling)."""
 
 from mnk.data.archive import ARCHIVES, preprocess, write_preprocessed
 from mnk.infra.runtime import logged_run
@@ -8,6 +9,8 @@ with logged_run(snakemake.log[0], "preprocess_omniglot") as log:
         dict(zip(ARCHIVES, snakemake.input.archives)),
         size=snakemake.params.image_size,
         resample=snakemake.params.resample,
+        originals=True,
     )
-    log.info("images %s, %d characters", data["images"].shape, len(data["character_names"]))
-    write_preprocessed(snakemake.output[0], data)
+    log.info("images %s, originals %s, %d characters", data["images"].shape, data["originals"].shape,
+             len(data["character_names"]))
+    write_preprocessed(snakemake.output.data, data, snakemake.output.originals)

@@ -28,7 +28,7 @@ with logged_run(snakemake.log[0], f"solve_{snakemake.wildcards.method}") as log:
         kernel = load_npz(snakemake.input.kernel)
         require_computed(kernel["computed"], tasks, ["test"], with_train=False, what=snakemake.input.kernel)
         prediction, labels = kernel_regression_labels(kernel["K"], tasks, "test", options)
-        extra = {"options": {"r1": section.r1, "inner_time": section.inner_time, "normalize_ntk": section.normalize_ntk},
+        extra = {"options": {"r1": section.r1, "inner_time": options.inner_time, "normalize_ntk": section.normalize_ntk},
                  "kernel": snakemake.params.kernel, "kernel_seconds": float(kernel["block_seconds"].sum())}
     else:
         from mnk.methods.encoder import encode, load_encoder

@@ -25,8 +25,8 @@ from mnk.tasks.sampling import TaskSpec, make_pool, make_tasks
 WAY, SHOT, QUERY, N_VAL, N_TEST = 2, 1, 2, 2, 3
 CHARS = (2, 4, 6)
 CONFIG = {"data": {"image_size": 8, "resample": "lanczos"},
-          "kernel": {"type": "cntk", "image_size": 6, "depth": 3, "gap": False, "fix": False, "pad": 1,
-                     "standardize": True, "block_size": 7, "backend": "cpu"}}
+          "kernel": {"type": "cntk", "image_size": 6, "resample": "bicubic", "source": "preprocessed", "depth": 3,
+                     "gap": False, "fix": False, "pad": 1, "standardize": True, "block_size": 7, "backend": "cpu"}}
 
 
 def kernel_identity(config):
@@ -143,8 +143,8 @@ def test_gathered_sub_kernels_equal_a_direct_computation(data, pool_blocks):
         check_tasks_match_pool(plan, chars, tasks["image_ids"], pool_ids, "tasks.npz")
         K, computed, seconds, cpu = gather(plan, chars, paths, pool_ids, kernel_identity(CONFIG))
         check_computed(computed, tasks, f"{chars} characters")
-        images = transform_images(data["images"][tasks["image_ids"]], image_size=6, pad=1, standardize=True,
-                                  reference=reference)
+        images = transform_images(data["images"][tasks["image_ids"]], image_size=6, resample="bicubic", pad=1,
+                                  standardize=True, reference=reference)
         direct = cntk_gram(images, depth=3, gap=False, fix=False, backend="cpu")
         np.testing.assert_array_equal(computed, _expected_mask(tasks))
         np.testing.assert_allclose(K[computed], direct[computed], rtol=1e-12)

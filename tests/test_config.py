@@ -111,7 +111,9 @@ def test_kernel_options_are_the_values_and_the_section_adds_how():
     (lambda: MNKSection(normalize_ntk="yes"), "mnk.normalize_ntk must be true or false"),
     (lambda: MNKSection(r2=()), "mnk.grid.r2 must be a non-empty list"),
     (lambda: MNKSection(r2=(math.inf,)), "mnk.grid.r2 must be a non-empty list of finite numbers"),
-    (lambda: MNKSection.from_section({"grid": {"alpha": [1.0]}}), r"mnk.grid must be a map of r2, targets and decoder only, got \['alpha'\]"),
+    (lambda: MNKSection.from_section({"grid": {"alpha": [1.0]}}), r"mnk.grid must be a map of r2, meta_time, inner_time, targets, decoder only, got \['alpha'\]"),
+    (lambda: MNKSection.from_section({"meta_time": 1.0}), r"mnk.meta_time must be a list under mnk.grid.meta_time"),
+    (lambda: MNKSection(inner_time=(0.0,)), r"mnk.grid.inner_time must be a non-empty list of numbers > 0"),
     (lambda: TaskGrid(way=(5,), shot=(1,), n_characters=(5,), seeds=(), query=5), "tasks.seeds must be a non-empty list"),
 ])
 def test_a_section_built_by_hand_names_its_key(build, key):

@@ -165,6 +165,24 @@ def test_image_to_array_matches_pil_lanczos():
     assert out[0, 0] == 0 and out[13, 13] == pytest.approx(1, abs=0.02)
 
 
+def test_originals_are_kept_inverted_at_full_size_in_their_own_file(tmp_path):
+    from PIL import Image
+
+    square = np.ones((105, 105), dtype=bool)
+    square[40:60, 30:70] = False
+    buffer = io.BytesIO()
+    Image.fromarray(square).save(buffer, format="PNG")
+    original = data.original_to_array(data._grey(buffer.getvalue()))
+    assert original.dtype == np.uint8 and original.shape == (105, 105)
+    np.testing.assert_array_equal(original, np.where(square, 0, 255))
+    arrays = {"images": np.zeros((1, 28, 28), np.float32), "originals": original[None]}
+    data.write_preprocessed(tmp_path / "d.npz", arrays, tmp_path / "o.npz")
+    assert set(np.load(tmp_path / "d.npz").files) == {"images"} and "originals" in arrays  # the caller's dict kept
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npz")["originals"], original[None])
+    with pytest.raises(ValueError, match="no path was given"):
+        data.write_preprocessed(tmp_path / "d.npz", arrays)
+
+
 # ------------------------------------------------ offline, checksum formats, bad mirror copies
 
 

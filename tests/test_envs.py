@@ -325,13 +325,14 @@ def test_rule_scripts_run_in_their_isolated_envs(omniglot, tmp_path):
     from mnk.tasks.sampling import TaskSpec, make_pool
 
     config = yaml.safe_load((REPO / "config" / "test.yaml").read_text())
+    config["kernel"]["source"] = "preprocessed"  # the envs are the point here, not the originals (test_workflow)
     pool = next(iter(plan.pools(parse_config(config)).values()))
     keys = ("split", "query", "enlarge_ratio", "n_test_tasks", "n_val_tasks", "n_val_characters")
     spec = {"way": pool.way, "shot": pool.shot, "seed": pool.seed, "n_characters": max(pool.n_characters),
             **{k: config["tasks"][k] for k in keys}}
     data = tmp_path / "omniglot.npz"
     np.savez(data, **omniglot)
-    run_rule_script(env_venv(ENVS / "data.yaml"), tmp_path, "make_pool.py", input={"data": str(data)},
+    run_rule_script(env_venv(ENVS / "data.yaml"), tmp_path, "make_pool.py", input={"data": str(data), "originals": []},
                     output={"pool": str(tmp_path / "pool.npz"), "images": str(tmp_path / "images.npz")},
                     log=[str(tmp_path / "make_pool.log")], params={"spec": spec, "data": {}, "test_tasks": {}},
                     wildcards={})

@@ -18,8 +18,22 @@ def test_from_the_config_section_less_run_settings(repo):
     options = KernelOptions.from_section(config["kernel"])
     assert (options.type, options.depth, options.gap, options.dtype, options.image_size) == ("cntk", 3, False,
                                                                                              "float64", 28)
-    # A block's identity (what the job receives) builds the same options.
-    assert KernelOptions.from_section(kernel_identity(parse_config(config))["kernel"]) == options
+    # A block's identity (what the job receives) builds the same options, its source resolved.
+    assert options.source == "auto"
+    assert KernelOptions.from_section(kernel_identity(parse_config(config))["kernel"]) == options.replace(
+        source="original")
+
+
+@pytest.mark.parametrize("edit,source", [
+    (lambda c: None, "original"),  # Omniglot keeps its originals
+    (lambda c: c["kernel"].update(source="preprocessed"), "preprocessed"),
+    (lambda c: c["data"].update(dataset="folder", folder={"train_root": ".", "split": 0.5}), "preprocessed"),
+])
+def test_auto_source_is_the_originals_where_the_dataset_keeps_them(repo, edit, source):
+    config = yaml.safe_load((repo / "config" / "test.yaml").read_text())
+    edit(config)
+    assert parse_config(config).kernel_source == source
+    assert kernel_identity(parse_config(config))["kernel"]["source"] == source
 
 
 @pytest.mark.parametrize("section,message", [
@@ -29,6 +43,8 @@ def test_from_the_config_section_less_run_settings(repo):
     ({"gap": "yes"}, "kernel.gap must be true or false"),
     ({"pad": -1}, "kernel.pad must be an integer >= 0"),
     ({"depht": 3}, "unknown option kernel.depht"),
+    ({"resample": "cubic"}, "kernel.resample must be one of ('area', 'lanczos'"),
+    ({"source": "raw"}, "kernel.source must be one of ('auto', 'original', 'preprocessed'), got 'raw'"),
 ])
 def test_bad_options_name_the_key(section, message):
     with pytest.raises(ValueError) as error:

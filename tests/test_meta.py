@@ -17,6 +17,7 @@ from mnk.methods.mnk import (
     TaskSet,
     mnk_gram,
     mnk_predict,
+    mnk_terms,
 )
 from mnk.methods.targets import class_centroid_targets, class_centroids, one_hot, predict_labels
 
@@ -293,7 +294,7 @@ def test_options_are_validated_and_frozen():
     with pytest.raises(ValueError, match=r"config section mnk: .*ridge\[0\] \(r1\)"):
         MNKOptions.from_section(MNKSection(r1=-1.0), r2=1.0)
     with pytest.raises(ValueError, match="mnk.solver must be one of"):
-        MNKSection.from_section({"inner_time": INF, "meta_time": INF, "r1": 1.0, "solver": "fast"})
+        MNKSection.from_section({"r1": 1.0, "solver": "fast"})
     options = MNKOptions(ridge=(1, 2))
     assert options.ridge == (1.0, 2.0) and options.replace(meta_time=0.0).meta_time == 0.0
     with pytest.raises(Exception):
@@ -440,3 +441,99 @@ def test_normalized_kernel_block_is_step_one_in_the_given_order():
     d = np.sqrt(np.diag(K) + r1)
     want = (K + r1 * (images[:, None] == images[None, :])) / np.outer(d, d)
     np.testing.assert_allclose(normalized_kernel_block(p["K"], images, MNKOptions(ridge=(r1, 0.0))), want, atol=1e-14)
+
+
+# ------------------------------------------------- the meta term's two limits and its size
+
+
+def _meta(p, **kw):
+    per_task, meta = mnk_terms(p["K"], TaskSet(p["trS"], p["trQ"], p["trYs"], p["trYq"]),
+                               TaskSet(p["teS"], p["teQ"], p["teYs"]), MNKOptions(**kw))
+    return per_task, meta
+
+
+def test_terms_are_the_reference_prediction_split_into_per_task_and_meta():
+    p = random_problem(seed=11)
+    for kw in [dict(), dict(inner_time=0.6, meta_time=2.0, ridge=(1e-4, 1e-2))]:
+        per_task, meta = _meta(p, **kw)
+        no_meta = ref(p, **{**kw, "meta_time": 0.0})  # the reference with the meta term switched off
+        np.testing.assert_allclose(per_task, no_meta, atol=1e-10)
+        np.testing.assert_allclose(per_task + meta, ref(p, **kw), atol=1e-8)
+        np.testing.assert_allclose(call(p, **kw), per_task + meta, rtol=0, atol=0)
+
+
+def _raw_phi_test_train(p, inner_time=INF, r1=1e-5):
+    """Phi[test queries, train queries], unnormalised, from mnk_gram over all tasks."""
+    S, Q = np.concatenate([p["trS"], p["teS"]]), np.concatenate([p["trQ"], p["teQ"]])
+    phi = mnk_gram(p["K"], S, Q, MNKOptions(inner_time=inner_time, ridge=(r1, 0.0), normalize_mnk=False))
+    m = p["trQ"].size
+    return phi[m:, :m]
+
+
+@pytest.mark.parametrize("solver", ["dense", "lowrank"])
+def test_meta_term_vanishes_as_r2_grows_as_phi_r_over_r2_squared(solver):
+    """With normalize_mnk, meta = De Phi_et (Phi + Lam)^-1 D^-1 R, Lam = r2 (1 + r2 + Phi_pp):
+    as r2 -> inf it falls like Phi_et R / r2^2 (the residuals R of the training tasks)."""
+    p = random_problem(seed=12)
+    R = (p["trYq"] - ref(dict(p, teS=p["trS"], teQ=p["trQ"], teYs=p["trYs"]), meta_time=0.0)).reshape(-1, 2)
+    limit = (_raw_phi_test_train(p) @ R).reshape(3, 4, 2)
+    norms = []
+    for r2 in [1e-2, 1.0, 1e2, 1e4, 1e6]:
+        per_task, meta = _meta(p, ridge=(1e-5, r2), solver=solver)
+        norms.append(np.linalg.norm(meta) / np.linalg.norm(per_task))
+        if r2 >= 1e4:
+            np.testing.assert_allclose(meta * r2**2, limit, rtol=5e-3 if r2 == 1e4 else 1e-5,
+                                       atol=1e-6 * np.abs(limit).max())
+    assert all(a > b for a, b in zip(norms, norms[1:])) and norms[-1] < 1e-10 < norms[0]
+
+
+def test_meta_term_vanishes_as_meta_time_goes_to_zero_at_its_first_order_rate():
+    """(Phin + r2)^-1 (I - exp(-t Phin)) R = t Phin (Phin + r2)^-1 R + O(t^2): the meta term is
+    linear in a short meta-training time, with the slope written out from mnk_gram's blocks."""
+    p = random_problem(seed=13)
+    r1, r2 = 1e-5, 1e-2
+    S, Q = np.concatenate([p["trS"], p["teS"]]), np.concatenate([p["trQ"], p["teQ"]])
+    phin = mnk_gram(p["K"], S, Q, MNKOptions(ridge=(r1, r2)))
+    m = p["trQ"].size
+    P, Pet = phin[:m, :m], phin[m:, :m]
+    R = (p["trYq"] - ref(dict(p, teS=p["trS"], teQ=p["trQ"], teYs=p["trYs"]), meta_time=0.0)).reshape(-1, 2)
+    slope = (Pet @ np.linalg.solve(P + r2 * np.eye(m), P @ R)).reshape(3, 4, 2)
+    for t in [1e-3, 1e-5]:
+        _, meta = _meta(p, ridge=(r1, r2), meta_time=t)
+        np.testing.assert_allclose(meta / t, slope, rtol=0, atol=20 * t * np.abs(slope).max())
+    _, meta = _meta(p, ridge=(r1, r2), meta_time=0.0)
+    assert not meta.any()
+
+
+def test_meta_share_is_the_norm_ratio_of_the_reference_terms():
+    from mnk.study.selection import meta_share
+
+    p = random_problem(seed=14)
+    for kw in [dict(), dict(meta_time=1.0, ridge=(1e-5, 0.1))]:
+        full, per_task = ref(p, **kw), ref(p, **{**kw, "meta_time": 0.0})
+        direct = np.sqrt(((full - per_task) ** 2).sum() / (per_task**2).sum())
+        assert meta_share(*_meta(p, **kw)) == pytest.approx(direct, rel=1e-8)
+    assert meta_share(np.ones(3), np.zeros(3)) == 0.0 and math.isnan(meta_share(np.zeros(3), np.ones(3)))
+
+
+def test_consistent_targets_let_the_meta_term_cut_the_error_of_per_task_regression():
+    """A family where targets mean the same in every task: y = <w, x> + b_task, one support
+    point per task. Per-task regression cannot learn w from one point; the meta term learns it
+    from the training tasks' residuals, so the MNK's query error is far below per-task's."""
+    rng = np.random.default_rng(15)
+    dim, n_tr, n_te, ns, nq = 4, 40, 20, 1, 6
+    w = rng.standard_normal(dim)
+    n_tasks = n_tr + n_te
+    X = rng.standard_normal((n_tasks * (ns + nq), dim))
+    y = X @ w + np.repeat(0.3 * rng.standard_normal(n_tasks), ns + nq)
+    K = X @ X.T / dim + 1.0  # linear kernel plus a constant (the task offset)
+    idx = np.arange(len(X)).reshape(n_tasks, ns + nq)
+    S, Q = idx[:, :ns], idx[:, ns:]
+    Y = y[:, None]
+    train = TaskSet(S[:n_tr], Q[:n_tr], Y[S[:n_tr]], Y[Q[:n_tr]])
+    test = TaskSet(S[n_tr:], Q[n_tr:], Y[S[n_tr:]])
+    options = MNKOptions(ridge=(1e-4, 1e-3), normalize_ntk=False, normalize_mnk=False)
+    per_task, meta = mnk_terms(K, train, test, options)
+    truth = Y[Q[n_tr:]]
+    per_task_mse, mnk_mse = ((per_task - truth) ** 2).mean(), ((per_task + meta - truth) ** 2).mean()
+    assert mnk_mse < 0.2 * per_task_mse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -13,9 +14,11 @@ from mnk.study.results import (
     per_task_table,
     plot_accuracy,
     learning_curves,
+    mnk_grid_table,
     plot_cost,
-    plot_kernel_heatmap,
     plot_learning_curves,
+    plot_mnk_grid,
+    plot_mnk_spectrum,
     plot_paired,
     summarise,
 )
@@ -44,9 +47,22 @@ def _metrics(tmp_path, method, chars, seed, accuracy):
                                     for i in (10, 20, 30, 40)])
     if method == "mnk":
         data.update(kernel={"type": "cntk", "depth": 10, "gap": False, "fix": False, "pad": 0, "standardize": False},
-                    kernel_seconds=8.0 * chars)
+                    kernel_seconds=8.0 * chars, meta_share=0.01 * chars + 0.001 * seed,
+                    validation=_validation(chars, seed), validation_kernel_regression=0.6,
+                    selected={"r2": 1.0, "meta_time": math.inf, "inner_time": 1.0, "targets": "onehot",
+                              "decoder": "nearest_centroid"})
     path.write_text(json.dumps(data))
     return path
+
+
+GRID_R2, GRID_TIMES = (1e-3, 1.0), ((math.inf, math.inf), (math.inf, 1.0), (2.0, math.inf))
+
+
+def _validation(chars, seed):
+    """An MNK validation table over r2 x (meta_time, inner_time), one-hot targets."""
+    return [{"r2": r2, "meta_time": m, "inner_time": i, "targets": "onehot", "decoder": "nearest_centroid",
+             "val_accuracy": 0.5 + 0.1 * r2 + 0.01 * k + 0.001 * seed + 0.0001 * chars, "val_meta_share": 0.1 / (1 + r2)}
+            for r2 in GRID_R2 for k, (m, i) in enumerate(GRID_TIMES)]
 
 
 @pytest.fixture
@@ -67,6 +83,7 @@ def test_summary_has_one_row_per_method_experiment_seed(summary):
     assert row.kernel == "cntk depth=10 gap=False fix=False pad=0 standardize=False"
     assert row.kernel_seconds == 80.0 and row.config_hash == "deadbeef0001" and row.git_revision == "abc1234"
     assert row.test_tasks_id == "001000000001" and row.n_test_tasks == N_TASKS
+    assert row.meta_share == pytest.approx(0.101) and summary[summary.method == "maml"].meta_share.isna().all()
     maml = summary[summary.method == "maml"]
     assert maml.kernel.eq("").all() and maml.kernel_seconds.isna().all()
     # Sorted: method, then n_characters, then seed.
@@ -76,6 +93,17 @@ def test_summary_has_one_row_per_method_experiment_seed(summary):
     half = 12.7062047362 * np.std([0.70, 0.71], ddof=1) / np.sqrt(2)
     assert (row.seeds_accuracy, row.n_seeds) == (pytest.approx(0.705), 2)
     assert (row.seeds_ci95_low, row.seeds_ci95_high) == pytest.approx((0.705 - half, 0.705 + half))
+
+
+def test_mnk_grid_table_has_every_setting_and_marks_the_selected_one(tmp_path):
+    grid = mnk_grid_table(_paths(tmp_path))
+    assert len(grid) == 3 * 2 * len(GRID_R2) * len(GRID_TIMES)  # MNK runs only: 3 n_characters x 2 seeds
+    assert grid.groupby("experiment")["selected"].sum().eq(1).all()
+    chosen = grid[grid["selected"]]
+    assert (chosen["r2"] == 1.0).all() and (chosen["inner_time"] == 1.0).all() and chosen["meta_time"].map(math.isinf).all()
+    row = grid[(grid.n_characters == 20) & (grid.seed == 1) & (grid.r2 == 1e-3) & (grid.meta_time == 2.0)].iloc[0]
+    assert row.val_accuracy == pytest.approx(0.5 + 1e-4 + 0.02 + 0.001 + 0.002)
+    assert row.kernel_regression_val_accuracy == 0.6 and row.val_meta_share == pytest.approx(0.1 / 1.001)
 
 
 def test_summary_rejects_incomplete_metrics(tmp_path):
@@ -145,11 +173,12 @@ def test_figures_are_written_and_non_empty(summary, tmp_path):
     assert len(curves) == 2 * 3 * 2 * 4 and curves["selected"].sum() == 2 * 3 * 2  # one per run
     assert (curves[curves["selected"]]["iteration"] == 20).all()
     plot_learning_curves(curves, summary, tmp_path / "l.png", tmp_path / "l.pdf")
+    plot_mnk_grid(mnk_grid_table(_paths(tmp_path / "m")), tmp_path / "g.png", tmp_path / "g.pdf")
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(30, 5))
-    gram = features @ features.T + np.eye(30)
-    plot_kernel_heatmap(gram, gram**2, tmp_path / "h.png", tmp_path / "h.pdf", base_title="base", meta_title="meta")
-    for name in ("a", "p", "c", "h", "l"):
+    spectra = [(chars, seed, np.sort(rng.exponential(size=40))[::-1], rng.uniform(0.1, 0.5, 40))
+               for chars in (5, 10) for seed in (0, 1)]
+    plot_mnk_spectrum(spectra, [1e-3, 1.0], [math.inf, 2.0], tmp_path / "s.png", tmp_path / "s.pdf")
+    for name in ("a", "p", "c", "g", "s", "l"):
         image = np.asarray(Image.open(tmp_path / f"{name}.png").convert("L"))
         assert image.shape[0] > 300 and image.shape[1] > 300
         assert image.std() > 10  # not a blank canvas

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -69,13 +71,18 @@ def test_selection_never_reads_test_tasks():
 def test_selection_picks_the_best_validation_accuracy_first_on_ties():
     K, tasks, features = _study(seed=1)
     settings = grid_settings(GRID)
-    assert len(settings) == 12 and settings[0] == Setting(1e-5, "onehot", "nearest_centroid")
+    assert len(settings) == 12 and settings[0] == Setting(1e-5, math.inf, math.inf, "onehot", "nearest_centroid")
     chosen, table = select_setting(K, tasks, features, settings, OPTIONS)
-    direct = []
+    direct, shares = [], []
     for setting in settings:  # each setting evaluated on its own, from the saved labels
-        _, labels = mnk_labels(K, tasks, "val", features, setting, OPTIONS)
+        prediction, labels, share = mnk_labels(K, tasks, "val", features, setting, OPTIONS)
         direct.append((labels == tasks["val_query_labels"]).mean(axis=1).mean())
+        shares.append(share)
+        if setting.targets == "onehot":  # the per-task term is then kernel regression's prediction
+            per_task, _ = kernel_regression_labels(K, tasks, "val", OPTIONS)
+            assert share == pytest.approx(np.linalg.norm(prediction - per_task) / np.linalg.norm(per_task), rel=1e-9)
     np.testing.assert_allclose([row["val_accuracy"] for row in table], direct, atol=1e-12)
+    np.testing.assert_allclose([row["val_meta_share"] for row in table], shares, rtol=1e-12)
     assert chosen == settings[int(np.argmax(direct))]  # argmax: the first of equal maxima
     assert all(row["n_val_tasks"] == 4 for row in table)
 

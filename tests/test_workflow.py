@@ -97,7 +97,7 @@ def test_tiny_run_produces_every_output(project):
     summary = (project / "results" / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("method,experiment,way,shot,n_characters")
     assert len(summary) == 1 + 5 * 2  # 5 methods (2 without meta-learning) x 2 experiments
-    for figure in ("accuracy", "paired", "cost", "kernel_heatmap", "learning_curves"):
+    for figure in ("accuracy", "paired", "cost", "mnk_grid", "mnk_spectrum", "learning_curves"):
         assert (project / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
     metrics = json.loads((project / "results" / "mnk" / "5way1shot-10char-seed0" / "metrics.json").read_text())
     assert 0.2 < metrics["accuracy"] <= 1.0 and metrics["ci95_low"] <= metrics["accuracy"] <= metrics["ci95_high"]
@@ -171,15 +171,18 @@ def test_assembled_kernel_equals_one_shot_gram(project):
     exp = project / "results"
     config = yaml.safe_load((project / "config" / "config.yaml").read_text())
     tasks = load_npz(exp / "tasks" / "5way1shot-10char-seed0" / "tasks.npz")
-    raw = load_npz(exp / "tasks" / "5way1shot-10char-seed0" / "images.npz")["images"]
     pool = load_npz(exp / "tasks" / "pool-5way1shot-seed0" / "pool.npz")
-    pool_raw = load_npz(exp / "tasks" / "pool-5way1shot-seed0" / "images.npz")["images"]
     kernel = load_npz(exp / "kernels" / "5way1shot-10char-seed0" / "kernel.npz")
     n_train = int(tasks["n_train_images"])
+    # The kernel resamples the original 105x105 images (kernel.source auto): straight from the data stage's file.
+    originals = load_npz(exp / "data" / "omniglot_originals.npz")["originals"]
+    raw = originals[tasks["image_ids"]].astype(np.float32) / 255
+    pool_raw = originals[pool["image_ids"]].astype(np.float32) / 255
     # Standardised on the pool's training images (those of the largest experiment).
     k = config["kernel"]
-    images = transform_images(raw, image_size=k["image_size"], pad=k["pad"], standardize=k["standardize"],
-                              reference=pool_raw[: int(pool["n_train_images"])])
+    assert k["source"] == "auto" and originals.shape[1:] == (105, 105)
+    images = transform_images(raw, image_size=k["image_size"], resample=k["resample"], pad=k["pad"],
+                              standardize=k["standardize"], reference=pool_raw[: int(pool["n_train_images"])])
     full = base_kernel(images, None, KernelOptions.from_section(k))
     computed = kernel["computed"]
     np.testing.assert_allclose(kernel["K"][computed], full[computed], rtol=1e-12, atol=0)
@@ -245,9 +248,23 @@ def test_mnk_setting_is_chosen_on_validation_tasks_and_recorded(project):
     grid = config["mnk"]["grid"]
     metrics = json.loads((project / "results" / "mnk" / "5way1shot-10char-seed0" / "metrics.json").read_text())
     table = metrics["validation"]
-    assert len(table) == len(grid["r2"]) * len(grid["targets"]) * len(grid["decoder"]) > 1
+    keys = ("r2", "meta_time", "inner_time", "targets", "decoder")
+    assert len(table) == np.prod([len(grid[k]) for k in keys]) > 1
+    assert any(np.isfinite(row["meta_time"]) for row in table)  # the tiny grid has a finite meta_time
     best = max(table, key=lambda row: row["val_accuracy"])
-    assert metrics["selected"] == {k: best[k] for k in ("r2", "targets", "decoder")}
+    assert metrics["selected"] == {k: best[k] for k in keys}
+    # the grid's table and kernel regression on the same validation tasks, for the mnk_grid figure
+    import pandas as pd
+
+    rows = pd.read_csv(project / "results" / "mnk_grid.csv")
+    rows = rows[rows.experiment == "5way1shot-10char-seed0"]
+    assert len(rows) == len(table) and rows.selected.sum() == 1
+    np.testing.assert_allclose(sorted(rows.val_accuracy), sorted(row["val_accuracy"] for row in table))
+    assert 0 < metrics["validation_kernel_regression"] <= 1
+    summary = pd.read_csv(project / "results" / "summary.csv")
+    mnk = summary[(summary.method == "mnk") & (summary.experiment == "5way1shot-10char-seed0")].iloc[0]
+    assert mnk.meta_share == pytest.approx(metrics["meta_share"]) and metrics["meta_share"] >= 0
+    assert summary[summary.method != "mnk"].meta_share.isna().all()
     assert all(row["n_val_tasks"] == config["tasks"]["n_val_tasks"] for row in table)
     assert len(metrics["per_task_accuracy"]) == metrics["n_test_tasks"] == config["tasks"]["n_test_tasks"]
 
@@ -307,14 +324,15 @@ def test_runtime_kernel_settings_rerun_nothing(project, tmp_path):
     assert rules <= {"aggregate", "figures", "all"}  # the summary records the config's hash
 
 
-def test_changing_a_kernel_parameter_reruns_kernels_not_baselines(project, tmp_path):
+@pytest.mark.parametrize("change", [{"depth": 4}, {"resample": "bicubic"}])
+def test_changing_a_kernel_parameter_reruns_kernels_not_baselines(project, tmp_path, change):
     config = yaml.safe_load((project / "config" / "config.yaml").read_text())
-    config["kernel"]["depth"] += 1
+    config["kernel"].update(change)
     path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(config))
     rules = {rule for rule, _ in planned_jobs(project, "--configfile", str(path))}
     assert {"kernel_block", "assemble_kernel", "solve_mnk"} <= rules
-    assert not rules & {"make_tasks", "train_meta_learner", "preprocess_omniglot"}
+    assert not rules & {"make_tasks", "make_pool", "train_meta_learner", "preprocess_omniglot"}
 
 
 def test_report_builds(project):

@@ -80,6 +80,15 @@ def dataset_npz():
     return "results/data/omniglot.npz"
 
 
+def originals_input():
+    """make_pool keeps the pool's original images when the kernel resamples them (kernel.source)."""
+    return (
+        "results/data/omniglot_originals.npz"
+        if STUDY.kernel_source == "original"
+        else []
+    )
+
+
 def image_params():
     """The data settings that decide how an image becomes an array (task-list images too)."""
     return canonical(STUDY.data.params())
@@ -201,7 +210,8 @@ def final_outputs():
         "results/figures/accuracy.png",
         "results/figures/paired.png",
         "results/figures/cost.png",
-        "results/figures/kernel_heatmap.png",
+        "results/figures/mnk_grid.png",
+        "results/figures/mnk_spectrum.png",
     ]
 
 

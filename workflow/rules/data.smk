@@ -22,7 +22,8 @@ rule preprocess_omniglot:
     input:
         archives=expand("results/data/raw/{archive}.zip", archive=ARCHIVES),
     output:
-        "results/data/omniglot.npz",
+        data="results/data/omniglot.npz",
+        originals="results/data/omniglot_originals.npz",
     log:
         "logs/preprocess_omniglot.log",
     benchmark:

@@ -6,6 +6,7 @@ rule make_pool:
     input:
         data=dataset_npz(),
         test_tasks=test_tasks_input(),
+        originals=originals_input(),
     output:
         pool="results/tasks/{pool}/pool.npz",
         images="results/tasks/{pool}/images.npz",

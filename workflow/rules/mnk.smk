@@ -36,7 +36,7 @@ rule solve_mnk:
     output:
         metrics="results/mnk/{exp}/metrics.json",
         predictions="results/mnk/{exp}/predictions.npz",
-        heatmap="results/mnk/{exp}/heatmap.npz",
+        spectrum="results/mnk/{exp}/spectrum.npz",
     log:
         "logs/solve_mnk/{exp}.log",
     benchmark:

@@ -12,6 +12,7 @@ rule aggregate:
         ),
         per_task="results/per_task.csv",
         learning_curves="results/learning_curves.csv",
+        mnk_grid="results/mnk_grid.csv",
         paired=report(
             "results/paired.csv",
             caption="../report/paired_table.rst",
@@ -35,7 +36,8 @@ rule figures:
         per_task="results/per_task.csv",
         paired="results/paired.csv",
         learning_curves="results/learning_curves.csv",
-        heatmap=f"results/mnk/{experiment_ids()[-1]}/heatmap.npz",
+        mnk_grid="results/mnk_grid.csv",
+        spectra=expand("results/mnk/{exp}/spectrum.npz", exp=experiment_ids()),
     output:
         accuracy=report(
             "results/figures/accuracy.png",
@@ -61,17 +63,25 @@ rule figures:
             category="Figures",
         ),
         learning_pdf="results/figures/learning_curves.pdf",
-        heatmap=report(
-            "results/figures/kernel_heatmap.png",
-            caption="../report/kernel_heatmap.rst",
+        mnk_grid=report(
+            "results/figures/mnk_grid.png",
+            caption="../report/mnk_grid.rst",
             category="Figures",
         ),
-        heatmap_pdf="results/figures/kernel_heatmap.pdf",
+        mnk_grid_pdf="results/figures/mnk_grid.pdf",
+        spectrum=report(
+            "results/figures/mnk_spectrum.png",
+            caption="../report/mnk_spectrum.rst",
+            category="Figures",
+        ),
+        spectrum_pdf="results/figures/mnk_spectrum.pdf",
     log:
         "logs/figures.log",
     conda:
         "../../envs/results.yaml"
     params:
         code=code_hash("figures.py"),
+        mnk=canonical(STUDY.mnk.params()),
+        spectrum_experiments=[plan.parse_experiment(exp) for exp in experiment_ids()],
     script:
         "../../scripts/figures.py"

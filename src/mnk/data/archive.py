@@ -4,6 +4,8 @@ The preprocessed file holds every Omniglot image once, as 28x28 float32 arrays w
 strokes = 1 and background = 0, plus alphabet / character / drawer ids and the official
 background/evaluation split. Padding and standardisation are per-experiment choices and are
 applied downstream (`mnk.kernels.transform`), so one preprocessed file serves every experiment.
+The original 105x105 images are kept beside it (8-bit, strokes 255, about 6 MB compressed),
+so that the kernel can resample them with its own filter (`kernel.resample`).
 
 Character order (global character ids 0..1622): the background archive first, then the
 evaluation archive; within each, alphabets sorted by name, then character folders sorted
@@ -193,23 +195,36 @@ def image_to_array(png: bytes, size: int = 28, resample: str = "lanczos", name: 
     inverted so that the background is exactly zero (the CNTK pads with zeros). An
     unreadable image (or a decompression bomb) is a DataError naming `name`.
     """
-    from PIL import Image
+    return _resized(_grey(png, name), size, resample)
 
+
+def _grey(png: bytes, name: str):
     from mnk.data.folder import open_image
+
+    return open_image(png, name).convert("L")
+
+
+def _resized(image, size: int, resample: str) -> np.ndarray:
+    from PIL import Image
 
     if resample not in RESAMPLE_FILTERS:
         raise ValueError(f"resample must be one of {RESAMPLE_FILTERS}, got {resample!r}")
-    image = open_image(png, name).convert("L")
     image = image.resize((size, size), getattr(Image.Resampling, resample.upper()))
     return 1.0 - np.asarray(image, dtype=np.float32) / 255.0
 
 
+def original_to_array(image) -> np.ndarray:
+    """The decoded grey image at its own resolution as uint8, inverted: strokes 255, background 0."""
+    return 255 - np.asarray(image, dtype=np.uint8)
+
+
 def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resample: str = "lanczos",
-               progress: bool = True) -> dict[str, np.ndarray]:
-    """Both archives -> arrays: images, alphabet, character, drawer, split and names."""
+               progress: bool = True, originals: bool = False) -> dict[str, np.ndarray]:
+    """Both archives -> arrays: images, alphabet, character, drawer, split and names; with
+    `originals`, also the 105x105 images (`original_to_array`) under "originals"."""
     from tqdm import tqdm
 
-    images, alphabet_ids, character_ids, drawers, splits = [], [], [], [], []
+    images, alphabet_ids, character_ids, drawers, splits, kept = [], [], [], [], [], []
     alphabet_names: list[str] = []
     character_names: list[str] = []
     for split_id, name in enumerate(ARCHIVES):
@@ -229,7 +244,10 @@ def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resamp
             match = re.fullmatch(r"\d+_(\d+)\.png", file_name)
             if not match:
                 raise DataError(f"{path.name}: unexpected image name {file_name!r} in {key}")
-            images.append(image_to_array(payload, size, resample, f"{path}: member {key}/{file_name}"))
+            grey = _grey(payload, f"{path}: member {key}/{file_name}")
+            images.append(_resized(grey, size, resample))
+            if originals:
+                kept.append(original_to_array(grey))
             alphabet_ids.append(len(alphabet_names) - 1)
             character_ids.append(len(character_names) - 1)
             drawers.append(int(match.group(1)))
@@ -243,7 +261,9 @@ def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resamp
                 f"fetch it again: `rm {path} && snakemake --cores all --forcerun {path}`"
             )
         log.info("%s: %s", name, found)
+    arrays = {"originals": np.stack(kept)} if originals else {}
     return {
+        **arrays,
         "images": np.stack(images).astype(np.float32),
         "alphabet": np.asarray(alphabet_ids, dtype=np.int16),
         "character": np.asarray(character_ids, dtype=np.int16),
@@ -254,5 +274,13 @@ def preprocess(archives: dict[str, str | os.PathLike], *, size: int = 28, resamp
     }
 
 
-def write_preprocessed(path: str | os.PathLike, data: dict[str, np.ndarray]) -> None:
+def write_preprocessed(path: str | os.PathLike, data: dict[str, np.ndarray], originals_path=None) -> None:
+    """The arrays to `path`; their "originals" (if any) to `originals_path`, which only the
+    image pools read (mnk.tasks), so that the other jobs do not load them."""
+    data = dict(data)
+    originals = data.pop("originals", None)
+    if originals is not None:
+        if originals_path is None:
+            raise ValueError("the preprocessed data hold originals but no path was given for them")
+        save_npz(originals_path, originals=originals)
     save_npz(path, **data)

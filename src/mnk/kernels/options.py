@@ -16,6 +16,12 @@ from mnk.infra.checks import is_bool, is_int, require
 KERNEL_TYPES = ("cntk", "ntk")
 DTYPES = ("float32", "float64")  # arithmetic of the CPU CNTK (mnk.kernels.cntk_gram)
 MIN_DEPTH = {"cntk": 2, "ntk": 1}  # the CNTK recursion needs one hidden layer
+# How the kernel stage resizes its source images (mnk.kernels.transform.resize): "area" is exact
+# overlap-weighted averaging; the others are PIL's filters of that name (on float images).
+RESAMPLE_FILTERS = ("area", "lanczos", "bicubic", "bilinear", "hamming", "box", "nearest")
+# Which images the kernel resamples: Omniglot's original 105x105 ones (kept by the data stage),
+# the data stage's data.image_size ones, or "auto": the originals where the dataset keeps them.
+SOURCES = ("auto", "original", "preprocessed")
 # Keys of the section that decide how a kernel is computed, not its values.
 RUNTIME_KEYS = ("backend", "block_size", "threads", "cpu_threads")
 
@@ -29,7 +35,10 @@ class KernelOptions:
     gap: bool = True  # global average pooling, else the trace
     fix: bool = False  # first and last layers fixed
     dtype: str = "float64"
-    image_size: int | None = None  # images are area-resized to this side (None: as preprocessed)
+    image_size: int | None = None  # images are resized to this side (None: data.image_size)
+    # Chosen on validation characters (BENCHMARKS.md, "The kernel's image preparation").
+    resample: str = "lanczos"
+    source: str = "auto"
     pad: int = 0  # zero border added after the resize
     standardize: bool = True  # by the training images' pixel mean and std
 
@@ -44,6 +53,11 @@ class KernelOptions:
         require(self.image_size is None or is_int(self.image_size) and self.image_size >= 3,
                 "kernel.image_size", "an integer >= 3 (or empty)", self.image_size)
         require(is_int(self.pad) and self.pad >= 0, "kernel.pad", "an integer >= 0", self.pad)
+        require(self.resample in RESAMPLE_FILTERS, "kernel.resample", f"one of {RESAMPLE_FILTERS}", self.resample)
+        require(self.source in SOURCES, "kernel.source", f"one of {SOURCES}", self.source)
+
+    def replace(self, **changes) -> "KernelOptions":
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_section(cls, section: Mapping) -> "KernelOptions":

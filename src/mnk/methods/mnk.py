@@ -77,7 +77,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from mnk.methods.options import SOLVERS, MNKSection
+from mnk.methods.options import SOLVERS, MNKSection, Setting
 
 __all__ = [
     "DegenerateKernelError",
@@ -88,6 +88,7 @@ __all__ = [
     "mnk_gram",
     "mnk_memory_bytes",
     "mnk_predict",
+    "mnk_terms",
     "normalized_kernel_block",
 ]
 
@@ -309,16 +310,21 @@ class MNKOptions:
 
     @classmethod
     def from_section(cls, section: MNKSection, *, r2: float, device=None) -> "MNKOptions":
-        """From the ``mnk`` section (``r1`` and the solver keys) and a ridge r2."""
+        """From the ``mnk`` section (``r1`` and the solver keys) and a ridge r2; converged
+        times (a grid point's come with :meth:`at`)."""
         try:
-            return cls(inner_time=section.inner_time, meta_time=section.meta_time, ridge=(section.r1, r2),
-                       normalize_ntk=section.normalize_ntk, normalize_mnk=section.normalize_mnk,
-                       solver=section.solver, device=device)
+            return cls(ridge=(section.r1, r2), normalize_ntk=section.normalize_ntk,
+                       normalize_mnk=section.normalize_mnk, solver=section.solver, device=device)
         except ValueError as exc:
             raise ValueError(f"config section mnk: {exc}") from None
 
     def replace(self, **changes) -> "MNKOptions":
         return dataclasses.replace(self, **changes)
+
+    def at(self, setting: Setting) -> "MNKOptions":
+        """These options at one point of the grid: its ridge r2 and its times."""
+        return self.replace(ridge=(self.ridge[0], setting.r2), meta_time=setting.meta_time,
+                            inner_time=setting.inner_time)
 
 
 @dataclass(frozen=True)
@@ -426,6 +432,14 @@ def mnk_predict(K, train: TaskSet, test: TaskSet, options: MNKOptions = MNKOptio
     :class:`DegenerateKernelError` for a constant kernel, :class:`NotPositiveDefiniteError`
     when a Cholesky fails.
     """
+    per_task, meta = mnk_terms(K, train, test, options)
+    return per_task + meta
+
+
+def mnk_terms(K, train: TaskSet, test: TaskSet, options: MNKOptions = MNKOptions()) -> tuple[np.ndarray, np.ndarray]:
+    """The prediction's two terms (step 5), each shaped like :func:`mnk_predict`'s: the per-task
+    term ``f_test`` and the meta term ``Phin[test, train] (...)^-1 (Y'_train - f_train)``
+    (zeros without training tasks)."""
     o = options
     N = _check_square(K)
     teS, teQ, ys_te, _ = _check_task_set(test, "test", N)
@@ -441,14 +455,15 @@ def mnk_predict(K, train: TaskSet, test: TaskSet, options: MNKOptions = MNKOptio
     tr = _make_group(Kn, loc(trS), loc(trQ), T(ys_tr), o, "train task kernel")
     te = _make_group(Kn, loc(teS), loc(teQ), T(ys_te), o, "test task kernel")
     check_kernel_contrast(Kn, [tr, te])
+    per_task = te.f.cpu().numpy()
     if tr.n == 0:
-        return te.f.cpu().numpy()
+        return per_task, np.zeros_like(per_task)
     R = (T(yq_tr) - tr.f).reshape(tr.n, tr.nq, -1)
     if _resolve_solver(o, tr.M, len(U)) == "lowrank":
-        pred = _lowrank_meta_term(Kn, tr, te, R, o)
+        meta = _lowrank_meta_term(Kn, tr, te, R, o)
     else:
-        pred = _dense_meta_term(Kn, tr, te, R, o)
-    return (pred + te.f).cpu().numpy()
+        meta = _dense_meta_term(Kn, tr, te, R, o)
+    return per_task, meta.cpu().numpy()
 
 
 def _dense_meta_term(Kn, tr: _Group, te: _Group, R, o: MNKOptions) -> torch.Tensor:

@@ -258,9 +258,10 @@ class EncoderOptions(_NetworkInputs):
 TARGETS = ("onehot", "encoder")  # target encodings (mnk.methods.targets)
 DECODERS = ("nearest_centroid", "least_squares")
 SOLVERS = ("auto", "dense", "lowrank")  # mnk.methods.mnk
-# The `mnk` section: the solver's keys, and the grid's under `mnk.grid`.
-SOLVER_KEYS = ("inner_time", "meta_time", "r1", "normalize_ntk", "normalize_mnk", "solver")
-GRID_KEYS = ("r2", "targets", "decoder")
+# The `mnk` section: the solver's keys, and the grid's under `mnk.grid` (declared order).
+SOLVER_KEYS = ("r1", "normalize_ntk", "normalize_mnk", "solver")
+GRID_KEYS = ("r2", "meta_time", "inner_time", "targets", "decoder")
+MOVED_KEYS = ("inner_time", "meta_time")  # once solver keys, now lists under mnk.grid
 
 
 @dataclass(frozen=True)
@@ -268,21 +269,27 @@ class Setting:
     """One point of MNK's selection grid."""
 
     r2: float
+    meta_time: float
+    inner_time: float
     targets: str
     decoder: str
+
+
+def _times_ok(values) -> bool:
+    return bool(values) and all(is_number(t) and t > 0 for t in values)  # inf allowed
 
 
 @dataclass(frozen=True)
 class MNKSection:
     """The `mnk` section: the solver's settings and the grid that validation chooses from."""
 
-    inner_time: float = math.inf
-    meta_time: float = math.inf
     r1: float = 1e-5  # ridge on the base kernel (also kernel regression's)
     normalize_ntk: bool = True
     normalize_mnk: bool = True
     solver: str = "auto"
     r2: tuple[float, ...] = (1e-5,)  # the grid, in declared order
+    meta_time: tuple[float, ...] = (math.inf,)
+    inner_time: tuple[float, ...] = (math.inf,)
     targets: tuple[str, ...] = ("onehot",)
     decoder: tuple[str, ...] = ("nearest_centroid",)
 
@@ -296,21 +303,28 @@ class MNKSection:
                     f"a non-empty list of {choices}", list(values))
         require(bool(self.r2) and all(is_number(r) and math.isfinite(r) and r >= 0 for r in self.r2),
                 "mnk.grid.r2", "a non-empty list of finite numbers >= 0", list(self.r2))
+        for name in ("meta_time", "inner_time"):
+            require(_times_ok(getattr(self, name)), f"mnk.grid.{name}", "a non-empty list of numbers > 0 (or .inf)",
+                    list(getattr(self, name)))
 
     @classmethod
     def from_section(cls, mnk: Mapping) -> "MNKSection":
+        for key in MOVED_KEYS:
+            require(key not in mnk, f"mnk.{key}", f"a list under mnk.grid.{key} (chosen on validation tasks)",
+                    mnk.get(key))
         grid = mnk.get("grid") or {}
         unknown = sorted(set(grid) - set(GRID_KEYS))
-        require(not unknown, "mnk.grid", "a map of r2, targets and decoder only", unknown)
+        require(not unknown, "mnk.grid", f"a map of {', '.join(GRID_KEYS)} only", unknown)
         solver = {key: mnk[key] for key in SOLVER_KEYS if key in mnk}
-        listed = {key: tuple(float(v) if key == "r2" and is_number(v) else v for v in grid[key])
+        numeric = ("r2", "meta_time", "inner_time")  # YAML may write 1.0 as 1
+        listed = {key: tuple(float(v) if key in numeric and is_number(v) else v for v in grid[key])
                   for key in GRID_KEYS if key in grid}
         return cls(**solver, **listed)
 
     @property
     def settings(self) -> tuple[Setting, ...]:
-        """The grid's settings in declared order (r2, then targets, then decoder)."""
-        return tuple(Setting(*point) for point in itertools.product(self.r2, self.targets, self.decoder))
+        """The grid's settings in declared order (r2, meta_time, inner_time, targets, decoder)."""
+        return tuple(Setting(*point) for point in itertools.product(*(getattr(self, key) for key in GRID_KEYS)))
 
     def params(self) -> dict:
         """As plain data in the config's own shape: `from_section(params())` gives it back."""

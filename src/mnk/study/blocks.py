@@ -26,10 +26,11 @@ RECOVER = "delete it (or run snakemake with --forcerun kernel_block) and rerun"
 
 
 def prepare_images(images, options: KernelOptions, reference):
-    """Raw pool images as the kernel sees them (resized, padded, standardised by `reference`)."""
+    """Pool images (mnk.kernels.transform.source_images) as the kernel sees them (resized with
+    the kernel's filter, padded, standardised by `reference`)."""
     from mnk.kernels.transform import transform_images
 
-    return transform_images(images, image_size=options.image_size, pad=options.pad,
+    return transform_images(images, image_size=options.image_size, resample=options.resample, pad=options.pad,
                             standardize=options.standardize, reference=reference)
 
 

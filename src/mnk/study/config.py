@@ -56,6 +56,16 @@ class StudyConfig:
         """The side the kernel sees: kernel.image_size, else the preprocessed data's."""
         return self.kernel.options.image_size or self.data.image_size
 
+    @property
+    def kernel_source(self) -> str:
+        """The images the kernel resamples (kernel.source resolved): "original" (Omniglot's
+        105x105 images, which the data stage keeps) or "preprocessed" (data.image_size). "auto"
+        takes the originals unless the dataset is a folder or a task list brings its own images."""
+        source = self.kernel.options.source
+        if source != "auto":
+            return source
+        return "original" if self.data.dataset == "omniglot" and not self.test_tasks else "preprocessed"
+
 
 SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 

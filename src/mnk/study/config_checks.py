@@ -19,7 +19,7 @@ from mnk.data.omniglot import ARCHIVES, DRAWERS, pool_sizes
 from mnk.data.sources import stale_archive_problem
 from mnk.infra.checks import as_list
 from mnk.kernels.options import KernelOptions
-from mnk.methods.options import OPTION_CLASSES, EncoderOptions, feature_side
+from mnk.methods.options import GRID_KEYS, OPTION_CLASSES, EncoderOptions, feature_side
 from mnk.tasks.spec import grid_problems
 
 GPU_DEVICE_FILES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/kfd")  # NVIDIA driver, ROCm
@@ -37,6 +37,7 @@ def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
         *task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")),
         *task_list_problems(tasks, Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
+        *kernel_source_problems(config),
         *mnk_problems(config.get("mnk", {}), tasks),
         *network_problems(config),
     ]
@@ -137,6 +138,20 @@ def kernel_problems(kernel: dict) -> list[str]:
     return []
 
 
+def kernel_source_problems(config: dict) -> list[str]:
+    """kernel.source original needs the originals: Omniglot's, without a task list's images."""
+    if config.get("kernel", {}).get("source") != "original":
+        return []
+    dataset = config.get("data", {}).get("dataset", "omniglot")
+    if dataset != "omniglot":
+        return [f"kernel.source 'original' needs Omniglot's original images, but data.dataset is {dataset!r} "
+                "(its images are kept at data.image_size only): use kernel.source auto or preprocessed"]
+    if config.get("tasks", {}).get("test_tasks"):
+        return ["kernel.source 'original' needs Omniglot's original images, but tasks.test_tasks brings its own "
+                "test images (kept at data.image_size only): use kernel.source auto or preprocessed"]
+    return []
+
+
 def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
     problems = []
     r2 = as_list(mnk.get("grid", {}).get("r2", []))
@@ -144,17 +159,17 @@ def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
         if any(isinstance(r, (int, float)) and not math.isfinite(r) for r in values):
             problems.append(f"{key} {values} must be finite")
     grid = mnk.get("grid", {})
-    settings = math.prod(len(as_list(grid.get(key, [None]))) for key in ("r2", "targets", "decoder"))
+    settings = math.prod(len(as_list(grid.get(key, [None]))) for key in GRID_KEYS)
     if settings > 1 and not tasks.get("n_val_tasks"):
         problems.append(f"mnk.grid has {settings} settings to choose from but tasks.n_val_tasks is 0: "
                         "selection needs validation tasks (or give the grid one value per key)")
     if mnk.get("solver") == "lowrank":
-        finite = [t for t in as_list(mnk.get("meta_time", math.inf))
+        finite = [t for t in as_list(grid.get("meta_time", math.inf))
                   if isinstance(t, (int, float)) and math.isfinite(t)]
         if finite:
             problems.append(
-                f"mnk.solver 'lowrank' needs mnk.meta_time .inf, got {finite[0]}: use solver 'dense' "
-                "(or 'auto') for a finite meta_time"
+                f"mnk.solver 'lowrank' needs mnk.grid.meta_time [.inf], got {finite[0]}: use solver 'dense' "
+                "(or 'auto', which solves finite times densely) for a finite meta_time"
             )
         if 0 in r2:
             problems.append("mnk.solver 'lowrank' needs every mnk.grid.r2 > 0: Phi[train, train] has "

@@ -215,6 +215,7 @@ def kernel_identity(study: StudyConfig) -> dict:
     """Everything that decides a kernel value of given images (not how it is computed)."""
     kernel = asdict(study.kernel.options)
     kernel["image_size"] = study.kernel_image_size
+    kernel["source"] = study.kernel_source
     data = {"image_size": study.data.image_size, "resample": study.data.resample}
     if study.data.dataset != "omniglot":  # (Omniglot identities stay as they were)
         data.update(dataset=study.data.dataset, folder=study.data.params()["folder"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,15 @@ SUMMARY_COLUMNS = [
     "method", "experiment", "way", "shot", "n_characters", "n_train_tasks", "seed",
     "accuracy", "ci95_low", "ci95_high", "n_test_tasks",
     "seeds_accuracy", "seeds_ci95_low", "seeds_ci95_high", "n_seeds",
-    "test_tasks", "test_tasks_id", "selected", "stopped_by", "selected_iteration", "n_meta_updates",
+    "test_tasks", "test_tasks_id", "selected", "meta_share", "stopped_by", "selected_iteration", "n_meta_updates",
     "cpu_seconds", "wall_seconds", "kernel_seconds", "device", "device_name", "kernel", "git_revision", "config_hash",
 ]
 # Columns of a summary row computed over the seeds of its method and setting, not read.
 SEED_COLUMNS = ["seeds_accuracy", "seeds_ci95_low", "seeds_ci95_high", "n_seeds"]
 CURVE_COLUMNS = ["method", "experiment", "n_characters", "seed", "iteration", "val_acc", "selected"]
+# One row per MNK experiment x grid setting: its validation accuracy (mnk_grid.csv).
+GRID_COLUMNS = ["experiment", "way", "shot", "n_characters", "seed", "r2", "meta_time", "inner_time", "targets",
+                "decoder", "val_accuracy", "val_meta_share", "kernel_regression_val_accuracy", "selected"]
 PER_TASK_COLUMNS = ["method", "experiment", "way", "shot", "n_characters", "seed", "test_tasks_id", "task",
                     "accuracy"]
 PAIRED_COLUMNS = ["method", "baseline", "way", "shot", "n_characters", "n_test_tasks", "mean_difference",
@@ -84,6 +88,24 @@ def learning_curves(metrics_paths) -> pd.DataFrame:
                          "val_acc": entry["val_acc"],
                          "selected": entry["iteration"] == metrics.get("selected_iteration")})
     return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def mnk_grid_table(metrics_paths) -> pd.DataFrame:
+    """Every MNK experiment's validation table (one row per grid setting), with kernel
+    regression's validation accuracy on the same tasks and the selected setting marked."""
+    rows = []
+    for path in metrics_paths:
+        metrics = _read_metrics(path)
+        if metrics["method"] != "mnk":
+            continue
+        selected = metrics.get("selected") or {}
+        for entry in metrics.get("validation") or []:
+            setting = {key: entry[key] for key in GRID_COLUMNS[5:10]}
+            rows.append({**{key: metrics.get(key) for key in GRID_COLUMNS[:5]}, **setting,
+                         "val_accuracy": entry["val_accuracy"], "val_meta_share": entry.get("val_meta_share"),
+                         "kernel_regression_val_accuracy": metrics.get("validation_kernel_regression"),
+                         "selected": all(selected.get(key) == value for key, value in setting.items())})
+    return pd.DataFrame(rows, columns=GRID_COLUMNS)
 
 
 def per_task_table(metrics_paths) -> tuple[pd.DataFrame, list[str]]:
@@ -335,16 +357,89 @@ def plot_cost(summary: pd.DataFrame, png, pdf) -> None:
     plt.close(fig)
 
 
-def plot_kernel_heatmap(base: np.ndarray, meta: np.ndarray, png, pdf, *, base_title: str, meta_title: str) -> None:
-    """Side-by-side heatmaps of a normalised base-kernel block and an MNK block."""
-    sns = _style()
+def _time_label(value: float) -> str:
+    return "inf" if math.isinf(value) else f"{value:g}"
+
+
+def plot_mnk_grid(grid: pd.DataFrame, png, pdf) -> None:
+    """Validation accuracy over the MNK grid: one panel per (way, shot, n_characters), r2 on
+    the x axis (log), one line per (targets, decoder, meta_time, inner_time), means over the
+    seeds; per-task kernel regression on the same validation tasks as a horizontal line, the
+    y axis from 25 points below it (settings far worse leave the frame)."""
+    _style()
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    for ax, matrix, title in zip(axes, (base, meta), (base_title, meta_title)):
-        sns.heatmap(matrix, ax=ax, cmap="viridis", square=True, xticklabels=False, yticklabels=False,
-                    cbar_kws={"shrink": 0.8})
-        ax.set_title(title)
+    # one-hot predictions decode alike under both decoders (argmax): one line for them
+    first_decoder = grid[grid["targets"] == "onehot"]["decoder"].min()
+    grid = grid[(grid["targets"] != "onehot") | (grid["decoder"] == first_decoder)]
+    panels = sorted({(int(w), int(k), int(c)) for w, k, c in zip(grid["way"], grid["shot"], grid["n_characters"])})
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.5 * max(1, len(panels)), 4.8), squeeze=False,
+                             sharey=True)
+    lines = sorted({(t, d, m, i) for t, d, m, i in zip(grid["targets"], grid["decoder"], grid["meta_time"],
+                                                        grid["inner_time"])})
+    targets = sorted({(t, d) for t, d, _, _ in lines})
+    times = sorted({(m, i) for _, _, m, i in lines}, key=lambda mi: (-mi[0], -mi[1]))
+    styles = ["-", "--", ":", "-."]
+    for ax, (way, shot, chars) in zip(axes[0], panels):
+        rows = grid[(grid["way"] == way) & (grid["shot"] == shot) & (grid["n_characters"] == chars)]
+        for t, d, m, i in lines:
+            line = rows[(rows["targets"] == t) & (rows["decoder"] == d) & (rows["meta_time"] == m)
+                        & (rows["inner_time"] == i)]
+            mean = line.groupby("r2")["val_accuracy"].mean()
+            color = f"C{targets.index((t, d))}"
+            style = styles[times.index((m, i)) % len(styles)]
+            width = 2.2 if times.index((m, i)) == 0 else 1.2
+            label = f"{t}{'' if t == 'onehot' else ' ' + d}, meta_time {_time_label(m)}, inner_time {_time_label(i)}"
+            ax.plot(mean.index, mean.to_numpy(), style, color=color, lw=width, marker="o", ms=3, label=label)
+        reference = rows.groupby("seed")["kernel_regression_val_accuracy"].first().astype(float).mean()
+        if math.isfinite(reference):
+            ax.axhline(reference, color="black", lw=1.5, label="kernel regression (no meta)")
+            ax.set_ylim(max(1.0 / way, reference - 0.25), min(1.0, reference + 0.1))  # settings far below leave the frame
+        ax.set_xscale("log")
+        _percent_axis(ax)
+        ax.set(xlabel="r2 (ridge on the MNK)", ylabel="validation accuracy",
+               title=f"{way}-way {shot}-shot, {chars} characters")
+    if panels:
+        axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+    fig.suptitle("MNK validation accuracy over the grid (mean over seeds); colour: targets, line style: times",
+                 y=1.02)
+    _save(fig, png, pdf)
+    plt.close(fig)
+
+
+def plot_mnk_spectrum(spectra, r2_values, meta_times, png, pdf) -> None:
+    """Eigenvalues of the normalised training MNK (fixed settings, mnk.study.selection.mnk_spectrum)
+    against their rank, one line per experiment (colour: training characters), with the
+    grid's effective ridges Lam_pp / Phi_pp = r2 (1 + r2 + Phi_pp) / Phi_pp (median, and the
+    range over query points shaded) and 1 / meta_time for finite meta-training times.
+
+    spectra: (n_characters, seed, eigenvalues, phi_diagonal) per experiment."""
+    _style()
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8.5, 5.2))
+    spectra = sorted(spectra, key=lambda s: (int(s[0]), int(s[1])))
+    characters = sorted({int(c) for c, _, _, _ in spectra})
+    for chars, seed, eigenvalues, _ in spectra:
+        positive = np.asarray(eigenvalues)[np.asarray(eigenvalues) > 0]
+        index = characters.index(int(chars))
+        ax.plot(np.arange(1, len(positive) + 1), positive, color=f"C{index}", lw=1.2, alpha=0.8,
+                label=f"{chars} characters" if seed == min(s for c, s, _, _ in spectra if c == chars) else None)
+    diagonal = np.concatenate([np.asarray(d) for _, _, _, d in spectra]) if spectra else np.ones(1)
+    for r2 in sorted(r2_values):
+        ridge = r2 * (1 + r2 + diagonal) / diagonal
+        ax.axhspan(ridge.min(), ridge.max(), color="0.5", alpha=0.12, lw=0)
+        ax.axhline(float(np.median(ridge)), color="0.35", lw=0.9, ls="--")
+        ax.annotate(f"r2={r2:g}", (1.0, float(np.median(ridge))), xycoords=("axes fraction", "data"),
+                    xytext=(3, 0), textcoords="offset points", va="center", fontsize=8, color="0.25")
+    for t in sorted(t for t in meta_times if math.isfinite(t)):
+        ax.axhline(1.0 / t, color="C3", lw=0.9, ls=":")
+        ax.annotate(f"1/meta_time={1 / t:g}", (0.0, 1.0 / t), xycoords=("axes fraction", "data"),
+                    xytext=(3, 2), textcoords="offset points", va="bottom", fontsize=8, color="C3")
+    ax.set(yscale="log", xscale="log", xlabel="eigenvalue rank",
+           ylabel="eigenvalue of the normalised MNK (training queries)",
+           title="MNK spectrum at fixed settings and the grid's effective ridges")
+    ax.legend(loc="lower left", frameon=False)
     _save(fig, png, pdf)
     plt.close(fig)
 

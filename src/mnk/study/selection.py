@@ -1,9 +1,13 @@
 """One experiment's MNK solve and its baselines without meta-learning.
 
-* :func:`select_setting`: MNK's ridge r2, target type and decoder chosen from the config's
-  grid (``mnk.grid``) by accuracy on the experiment's validation tasks. It is given the
-  tasks file without its test arrays, so no test label can reach the choice.
-* :func:`mnk_labels`: the MNK's labels for an evaluation task set under one setting.
+* :func:`select_setting`: MNK's ridge r2, meta-training and inner-loop times, target type and
+  decoder chosen from the config's grid (``mnk.grid``) by accuracy on the experiment's
+  validation tasks. It is given the tasks file without its test arrays, so no test label can
+  reach the choice.
+* :func:`mnk_labels`: the MNK's labels for an evaluation task set under one setting, and its
+  :func:`meta_share` (how large the meta term is beside the per-task term).
+* :func:`mnk_spectrum`: the eigenvalues of the normalised MNK over training queries at fixed
+  settings, against which the grid's ridges are read (the figure ``mnk_spectrum``).
 * :func:`kernel_regression_labels`: per-task kernel regression on the support set with
   one-hot targets, the MNK without meta-training (``meta_time: 0``).
 * :func:`prototype_labels`: nearest class mean in the label encoder's feature space.
@@ -14,18 +18,19 @@ method's ``metrics.json`` shares.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import numpy as np
 
 from mnk.methods.metrics import accuracy_ci, per_task_accuracy
-from mnk.methods.mnk import MNKOptions, TaskSet, mnk_gram, mnk_predict, normalized_kernel_block
+from mnk.methods.mnk import MNKOptions, TaskSet, mnk_gram, mnk_predict, mnk_terms
 from mnk.methods.options import Setting
 from mnk.methods.targets import decode, predict_labels, task_targets
 
 __all__ = [
-    "select_setting", "mnk_labels", "kernel_regression_labels",
-    "prototype_labels", "require_computed", "test_tasks_id", "method_metrics", "heatmap_matrices",
+    "select_setting", "mnk_labels", "meta_share", "kernel_regression_labels", "kernel_regression_accuracy",
+    "prototype_labels", "require_computed", "test_tasks_id", "method_metrics", "mnk_spectrum",
     "without_test_tasks", "cpu_cost",
 ]
 
@@ -40,22 +45,31 @@ def test_tasks_id(tasks: dict) -> str:
     return str(tasks["test_tasks_id"]) if "test_tasks_id" in tasks else ""
 
 
-def _predict(K, tasks, name, features, r2, options: MNKOptions):
+def _solve(K, tasks, name, features, setting: Setting, options: MNKOptions):
+    """(per-task term, meta term, class encodings) of task set ``name`` at one grid setting."""
+    features = _features_for(setting.targets, features)
     train_y, train_qy, _ = task_targets(tasks, "train", features, with_query=True)
     eval_y, _, encodings = task_targets(tasks, name, features, with_query=False)
     train = TaskSet(tasks["train_support"], tasks["train_query"], train_y, train_qy)
     evaluation = TaskSet(tasks[f"{name}_support"], tasks[f"{name}_query"], eval_y)
-    prediction = mnk_predict(K, train, evaluation, options.replace(ridge=(options.ridge[0], r2)))
-    return prediction, encodings
+    per_task, meta = mnk_terms(K, train, evaluation, options.at(setting))
+    return per_task, meta, encodings
+
+
+def meta_share(per_task, meta) -> float:
+    """||meta term|| / ||per-task term||, Frobenius norms over all queries and outputs: 0 when
+    the meta term is off, 1 when it is as large as the per-task regression (nan: no per-task term)."""
+    denominator = float(np.linalg.norm(per_task))
+    return float(np.linalg.norm(meta)) / denominator if denominator > 0 else math.nan
 
 
 def mnk_labels(K, tasks, name, features, setting: Setting, options: MNKOptions):
-    """(prediction, labels) of the MNK for task set ``name`` ("val" or "test") under ``setting``.
-
-    ``features``: label-encoder features of the local images (needed for encoder targets).
-    """
-    prediction, encodings = _predict(K, tasks, name, _features_for(setting.targets, features), setting.r2, options)
-    return prediction, decode(prediction, encodings, setting.decoder)
+    """(prediction, labels, meta share) of the MNK for task set ``name`` ("val" or "test")
+    under ``setting``. ``features``: label-encoder features of the local images (needed for
+    encoder targets)."""
+    per_task, meta, encodings = _solve(K, tasks, name, features, setting, options)
+    prediction = per_task + meta
+    return prediction, decode(prediction, encodings, setting.decoder), meta_share(per_task, meta)
 
 
 def _features_for(targets: str, features):
@@ -67,10 +81,11 @@ def _features_for(targets: str, features):
 
 
 def select_setting(K, tasks, features, settings: list[Setting], options: MNKOptions):
-    """The setting of highest validation accuracy (ties: the first declared) and the table.
+    """The setting of highest validation accuracy (ties: the first declared) and the table
+    (each setting's validation accuracy with its interval and meta share).
 
-    ``tasks`` is stripped of its test arrays first. One solve per (r2, targets); the
-    decoders share it. A grid of one needs no validation tasks (its table is empty then).
+    ``tasks`` is stripped of its test arrays first. One solve per setting but its decoder (the
+    decoders share it). A grid of one needs no validation tasks (its table is empty then).
     """
     tasks = without_test_tasks(tasks)
     n_val = len(tasks.get("val_support", ()))
@@ -81,14 +96,15 @@ def select_setting(K, tasks, features, settings: list[Setting], options: MNKOpti
         return settings[0], []
     table, solved = [], {}
     for setting in settings:
-        key = (setting.r2, setting.targets)
+        key = (setting.r2, setting.meta_time, setting.inner_time, setting.targets)
         if key not in solved:
-            solved[key] = _predict(K, tasks, "val", _features_for(setting.targets, features), setting.r2, options)
-        prediction, encodings = solved[key]
-        labels = decode(prediction, encodings, setting.decoder)
+            solved[key] = _solve(K, tasks, "val", features, setting, options)
+        per_task, meta, encodings = solved[key]
+        labels = decode(per_task + meta, encodings, setting.decoder)
         ci = accuracy_ci(per_task_accuracy(labels, tasks["val_query_labels"]))
         table.append({**asdict(setting), "val_accuracy": ci["accuracy"], "val_ci95_low": ci["ci95_low"],
-                      "val_ci95_high": ci["ci95_high"], "n_val_tasks": ci["n_tasks"]})
+                      "val_ci95_high": ci["ci95_high"], "n_val_tasks": ci["n_tasks"],
+                      "val_meta_share": meta_share(per_task, meta)})
     best = max(range(len(settings)), key=lambda i: (table[i]["val_accuracy"], -i))
     return settings[best], table
 
@@ -103,6 +119,12 @@ def kernel_regression_labels(K, tasks, name, options: MNKOptions):
     evaluation = TaskSet(tasks[f"{name}_support"], tasks[f"{name}_query"], support_y)
     prediction = mnk_predict(K, empty, evaluation, options)
     return prediction, prediction.argmax(axis=-1)
+
+
+def kernel_regression_accuracy(K, tasks, name, options: MNKOptions) -> float:
+    """Mean accuracy of per-task kernel regression over task set ``name`` (the grid's reference)."""
+    _, labels = kernel_regression_labels(K, tasks, name, options)
+    return float(per_task_accuracy(labels, tasks[f"{name}_query_labels"]).mean())
 
 
 def prototype_labels(features, tasks, name):
@@ -156,10 +178,28 @@ def cpu_cost(own_seconds: float, kernel=None, encoder_cost: dict | None = None) 
     return {**parts, "cpu_seconds": sum(parts.values())}
 
 
-def heatmap_matrices(K, tasks, options: MNKOptions, n_tasks: int = 3):
-    """Normalised base kernel and MNK between the first training tasks' queries (class order)."""
-    n_tasks = min(n_tasks, len(tasks["train_support"]))
-    query = tasks["train_query"][:n_tasks]
-    base = normalized_kernel_block(K, query.ravel(), options)
-    phi = mnk_gram(K, tasks["train_support"][:n_tasks], query, options)
-    return base, phi
+SPECTRUM_POINTS = 2000  # training query points at most: the eigenvalues of an M x M matrix
+
+
+def mnk_spectrum(K, tasks, options: MNKOptions, max_points: int = SPECTRUM_POINTS):
+    """(eigenvalues, descending; diag(Phi)) of the MNK over the first training tasks' queries
+    (at most ``max_points`` of them), at fixed settings: converged inner loop, the config's r1,
+    and normalised to unit diagonal without r2, so that nothing depends on the selection.
+
+    The grid's ridge is read against it: with ``normalize_mnk`` the solve is
+    ``(Phin + r2 I)^-1 = D^-1 (Phi + Lam)^-1 D^-1``, Lam = diag(r2 (1 + r2 + Phi_pp)), i.e. a
+    ridge of Lam_pp / Phi_pp on this matrix; directions with eigenvalues well below it are
+    switched off.
+    """
+    n_query = tasks["train_query"].shape[1]
+    n_tasks = min(len(tasks["train_support"]), max(1, max_points // n_query))
+    if n_tasks == 0:
+        return np.zeros(0), np.zeros(0)
+    raw = options.replace(normalize_mnk=False, inner_time=math.inf)
+    phi = mnk_gram(K, tasks["train_support"][:n_tasks], tasks["train_query"][:n_tasks], raw)
+    diag = np.diag(phi).copy()
+    if not (diag > 0).all():
+        raise ValueError(f"MNK diagonal not positive at {int((diag <= 0).sum())} training query points: "
+                         "a query in the span of its task's support")
+    scale = diag**-0.5
+    return np.linalg.eigvalsh(phi * scale[:, None] * scale[None, :])[::-1].copy(), diag
