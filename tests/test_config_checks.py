@@ -215,12 +215,14 @@ def test_every_grid_count_is_bounded_by_the_schema(key):
 
 def test_nan_is_refused_for_every_float():
     """NaN passes every bound of the schema (measured: NaN mnk.inner_time failed after 35 jobs)."""
-    config = _edited(lambda c: (c["mnk"].update(inner_time=math.nan, meta_time=math.nan),
-                                c["mnk"]["grid"].update(r2=[1.0, math.nan]), c["maml"]["options"].update(inner_lr=math.nan)))
+    config = _edited(lambda c: (c["mnk"]["grid"].update(inner_time=[math.nan], meta_time=[math.inf, math.nan],
+                                                        r2=[1.0, math.nan]),
+                                c["maml"]["options"].update(inner_lr=math.nan)))
     message = _problems(config, REPO)
-    for key in ("mnk.inner_time", "mnk.meta_time", "mnk.grid.r2[1]", "maml.options.inner_lr"):
+    for key in ("mnk.grid.inner_time[0]", "mnk.grid.meta_time[1]", "mnk.grid.r2[1]", "maml.options.inner_lr"):
         assert f"{key} is NaN" in message, message
-    parse_config(_edited(lambda c: c["mnk"].update(meta_time=math.inf)), environ=NO_ENV, schema=SCHEMA)  # inf is meant
+    parse_config(_edited(lambda c: c["mnk"]["grid"].update(meta_time=[math.inf])), environ=NO_ENV,
+                 schema=SCHEMA)  # inf is meant
 
 
 def test_the_number_of_kernel_blocks_is_bounded_before_planning():
@@ -251,7 +253,7 @@ def _snakemake(workdir: Path, *args, env=None):
     (lambda c: c["tasks"].update(n_characters=[5, 12]), "tasks.n_characters 12 is not a multiple"),  # mnk.study.config_checks
     (lambda c: c["kernel"].update(depth=1), "kernel.depth: 1 is less than the minimum of 2"),  # conditional bound
     (lambda c: c["tasks"].update(n_val_tasks=100000000), "tasks.n_val_tasks: 100000000 is greater than the maximum"),
-    (lambda c: c["mnk"].update(inner_time=math.nan), "mnk.inner_time is NaN"),  # mnk.study.config_checks
+    (lambda c: c["mnk"]["grid"].update(inner_time=[math.nan]), "mnk.grid.inner_time[0] is NaN"),  # mnk.study.config_checks
     (lambda c: c["kernel"].update(block_size=5), "the study would plan 5400 kernel blocks"),  # mnk.study.plan
     (lambda c: c["tasks"].update(n_test_tasks=20000), "20000 is greater than the maximum"),
     (lambda c: c["tasks"].update(seeds=[0, 0]), "non-unique"),

@@ -172,7 +172,7 @@ def test_originals_are_kept_inverted_at_full_size_in_their_own_file(tmp_path):
     square[40:60, 30:70] = False
     buffer = io.BytesIO()
     Image.fromarray(square).save(buffer, format="PNG")
-    original = data.original_to_array(data._grey(buffer.getvalue()))
+    original = data.original_to_array(data._grey(buffer.getvalue(), "square.png"))
     assert original.dtype == np.uint8 and original.shape == (105, 105)
     np.testing.assert_array_equal(original, np.where(square, 0, 255))
     arrays = {"images": np.zeros((1, 28, 28), np.float32), "originals": original[None]}
