@@ -23,19 +23,19 @@ from mnk.data.omniglot import ARCHIVES  # noqa: E402
 from mnk.study.config import SCHEMA, parse_config  # noqa: E402
 from mnk.methods import options as mnk_options  # noqa: E402
 
-EXPERIMENT_PATTERN = plan.EXPERIMENT_PATTERN
 # The config, validated against the schema (its defaults filled in) and parsed once into
 # frozen sections (every problem listed at once, naming its key): nothing below reads the raw
 # dict but the whole-config hash of the summary rows.
 STUDY = parse_config(config, environ=os.environ, schema=SCHEMA)
 CONFIG_HASH = plan.short_hash(config)
+EXPERIMENT_PATTERN = plan.experiment_pattern(STUDY)
 # The image pools and their kernel blocks, planned once (their number bounded first).
 POOLS = plan.pools(STUDY)
 plan.check_plan_size(POOLS)
 # The test-task list (tasks.test_tasks), checked: its shape and id; None without one.
 TEST_TASKS = STUDY.test_tasks
 # Baselines without meta-learning: always run (they reuse the kernel and the encoder).
-BASELINES = ["kernel_regression", "prototypes"]
+BASELINES = ["kernel_regression"] if STUDY.regression else ["kernel_regression", "prototypes"]
 METHODS = ["mnk", *BASELINES, *STUDY.enabled]
 KERNEL_IDENTITY = plan.kernel_identity(STUDY)
 # Torch threads of each rule's job: a fixed number, given as a param too, so that the
@@ -203,6 +203,8 @@ def metrics_files():
 
 
 def final_outputs():
+    if STUDY.regression:
+        return SINUSOID_OUTPUTS
     return [
         "results/summary.csv",
         "results/per_task.csv",

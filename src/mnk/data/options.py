@@ -12,7 +12,7 @@ from typing import Mapping
 
 from mnk.infra.checks import require
 
-DATASETS = ("omniglot", "folder")
+DATASETS = ("omniglot", "folder", "sinusoid")  # sinusoid: regression tasks (mnk.tasks.sinusoid)
 SOURCES = ("official", "mirror")
 RESAMPLE_FILTERS = ("lanczos", "bicubic", "bilinear", "box", "nearest")
 INVERT_CHOICES = ("auto", True, False)

@@ -51,7 +51,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from mnk.infra.progress import progress_bar
 from mnk.methods.inputs import InputTransform
-from mnk.methods.metrics import accuracy_ci
+from mnk.methods.metrics import accuracy_ci, mse_ci
 from mnk.methods.nets import build_network
 from mnk.methods.options import (  # noqa: F401 (re-exported: the options are part of this API)
     AUTO_META_BATCH_CAP,
@@ -104,11 +104,18 @@ def _as_options(method: str, options):
 
 
 def _loss_and_logits(model, params: Params, x, y):
+    """The task loss: cross-entropy of class labels, or squared error of float targets
+    (regression tasks, one output: the sinusoid study)."""
     logits = functional_call(model, params, (x,))
+    if y.is_floating_point():  # written out: F.mse_loss has no forward-mode derivative of its backward (iMAML's jvp)
+        return ((logits[..., 0] - y) ** 2).mean(), logits
     return F.cross_entropy(logits, y), logits
 
 
 def _accuracy(logits, y):
+    """The score to maximise: accuracy, or minus the mean squared error of float targets."""
+    if y.is_floating_point():
+        return -((logits[..., 0] - y) ** 2).mean()
     return (logits.argmax(dim=-1) == y).to(logits.dtype).mean()
 
 
@@ -317,8 +324,12 @@ def _batch_tensors(images_t, support, query, support_labels, query_labels):
     def index(a):
         return torch.as_tensor(np.asarray(a), device=device)
 
-    return (images_t[index(support)], index(support_labels).long(),
-            images_t[index(query)], index(query_labels).long())
+    def targets(labels):  # class labels, or float targets (regression) in the inputs' dtype
+        labels = index(labels)
+        return labels.to(images_t.dtype) if labels.is_floating_point() else labels.long()
+
+    return (images_t[index(support)], targets(support_labels),
+            images_t[index(query)], targets(query_labels))
 
 
 def make_batch(images_t: torch.Tensor, tasks: Mapping, set_name: str, idx):
@@ -399,9 +410,12 @@ def _scalar(tasks, key):
 
 
 def _n_characters(tasks) -> int:
+    """Training characters; regression tasks have none: their number of training tasks."""
     if "train_characters" in tasks:
         return len(np.asarray(tasks["train_characters"]))
-    return len(np.unique(np.asarray(tasks["train_task_characters"])))
+    if "train_task_characters" in tasks:
+        return len(np.unique(np.asarray(tasks["train_task_characters"])))
+    return len(tasks["train_support"])
 
 
 # ----------------------------------------------------------------------- evaluation
@@ -428,6 +442,19 @@ def evaluate_tasks(model, params: Params, images_t, tasks, set_name: str, adapta
     return torch.cat(out).double().numpy()
 
 
+def predict_tasks(model, params: Params, images_t, tasks, set_name: str, adaptation) -> np.ndarray:
+    """The network's outputs on each task's QUERY points after `adaptation` on its support
+    (n_tasks, n_query, outputs)."""
+    params = {k: v.detach() for k, v in params.items()}
+
+    def task_outputs(p, xs, ys, xq, yq):
+        return functional_call(model, adaptation(model, p, xs, ys), (xq,))
+
+    batch = make_batch(images_t, tasks, set_name, np.arange(len(tasks[f"{set_name}_support"])))
+    with torch.no_grad():
+        return vmap(task_outputs, in_dims=(None, 0, 0, 0, 0))(params, *batch).double().cpu().numpy()
+
+
 # ------------------------------------------------------------------------- training
 
 
@@ -449,8 +476,8 @@ def _check_inputs(images, tasks) -> np.ndarray:
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 3:
         images = images[:, None]  # grey: one channel
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, H, W) or (N, C, H, W), got shape {images.shape}")
+    if images.ndim not in (2, 4):
+        raise ValueError(f"images must be (N, H, W) or (N, C, H, W), or points (N, d), got shape {images.shape}")
     return images
 
 
@@ -506,6 +533,11 @@ class _Run:
         return sum(p.numel() for p in self.model.parameters())
 
     @property
+    def regression(self) -> bool:
+        """Float targets: the score is minus the MSE, reported as `mse` (mnk.study.regression)."""
+        return np.asarray(self.tasks["train_support_labels"]).dtype.kind == "f"
+
+    @property
     def stopped_by(self) -> str:
         return "plateau" if self.n_val and self.plateau.reached else "budget"
 
@@ -558,7 +590,10 @@ def _evaluate(run: _Run, iteration: int) -> None:
     original's max-over-evaluations number, which never enters the selection."""
     val_acc = float(_task_accuracy(run, "val").mean()) if run.n_val else None
     loss, acc = np.mean(run.running, axis=0) if run.running else (math.nan, math.nan)
-    entry = {"iteration": iteration, "train_loss": float(loss), "train_acc": float(acc), "val_acc": val_acc}
+    if run.regression:  # the score is minus the MSE
+        entry = {"iteration": iteration, "train_loss": float(loss), "val_mse": -val_acc if run.n_val else None}
+    else:
+        entry = {"iteration": iteration, "train_loss": float(loss), "train_acc": float(acc), "val_acc": val_acc}
     if run.options.test_every_evaluation:
         entry["test_acc"] = float(_task_accuracy(run, "test").mean())
         if run.max_test is None or entry["test_acc"] > run.max_test[0]:
@@ -591,9 +626,20 @@ def _test_selected(run: _Run) -> np.ndarray:
     return _task_accuracy(run, "test")
 
 
+def _scores(run: _Run, test_acc: np.ndarray) -> dict:
+    """The test fields: accuracy with its interval, or (regression) the MSE with its interval
+    and the prediction on the `curve` task's grid (one test task, for the figure)."""
+    if not run.regression:
+        return {**accuracy_ci(test_acc), "per_task_accuracy": [float(a) for a in test_acc]}
+    curve = predict_tasks(run.model, dict(run.model.named_parameters()), run.images_t, run.tasks, "curve",
+                          run.adaptation)
+    return {**mse_ci(-test_acc), "per_task_mse": [float(-a) for a in test_acc], "task_type": "regression",
+            "curve_prediction": [float(v) for v in curve.ravel()]}
+
+
 def _metrics(run: _Run, test_acc: np.ndarray, seed: int, wall_seconds: float) -> dict:
     val_best, selected, _ = run.best
-    ci = accuracy_ci(test_acc)
+    ci = _scores(run, test_acc)
     tasks, dev = run.tasks, run.images_t.device
     selection = ("checkpoint with the best mean validation-task accuracy (ties: earliest)"
                  if run.n_val else "no validation tasks: the last evaluation")
@@ -601,14 +647,13 @@ def _metrics(run: _Run, test_acc: np.ndarray, seed: int, wall_seconds: float) ->
         "method": run.method,
         **ci,
         "n_test_tasks": ci["n_tasks"],
-        "per_task_accuracy": [float(a) for a in test_acc],
         "test_tasks_id": str(tasks["test_tasks_id"]) if "test_tasks_id" in tasks else None,
         "task_sampling": run.options.task_sampling,
         "model_selection": selection + "; accuracy/ci95 are that checkpoint's test accuracy, "
                            "the only test-task evaluation used",
         "selected_iteration": selected,
         "stopped_by": run.stopped_by,
-        "val_accuracy": val_best,
+        **({"val_mse": -val_best} if run.regression else {"val_accuracy": val_best}),
         "n_val_tasks": run.n_val,
         "max_test_accuracy_over_evaluations": run.max_test[0] if run.max_test else None,  # the original's
         "max_test_accuracy_iteration": run.max_test[1] if run.max_test else None,
@@ -628,6 +673,13 @@ def _metrics(run: _Run, test_acc: np.ndarray, seed: int, wall_seconds: float) ->
         "wall_seconds": wall_seconds,
         "learning_curve": run.curve,
     }
+
+
+def test_result(metrics: dict) -> str:
+    """The test number with its interval, as a log line says it (accuracy, or MSE)."""
+    name = "mse" if metrics.get("task_type") == "regression" else "accuracy"
+    low, high = ("mse_ci95_low", "mse_ci95_high") if name == "mse" else ("ci95_low", "ci95_high")
+    return f"{name} {metrics[name]:.4f} [{metrics[low]:.4f}, {metrics[high]:.4f}]"
 
 
 def _network_inputs(images: np.ndarray, tasks: Mapping, options) -> InputTransform:
@@ -672,8 +724,7 @@ def train_and_evaluate(images: np.ndarray, tasks: Mapping, *, method: str, optio
     test_acc = _test_selected(run)
     metrics = _metrics(run, test_acc, seed, time.perf_counter() - t_start)
     say(f"{method}: selected update {metrics['selected_iteration']} (val "
-        f"{metrics['val_accuracy'] if run.n_val else float('nan'):.4f}): test "
-        f"{metrics['accuracy']:.4f} [{metrics['ci95_low']:.4f}, {metrics['ci95_high']:.4f}] "
+        f"{run.best[0] if run.n_val else float('nan'):.4f}): test {test_result(metrics)} "
         f"over {metrics['n_tasks']} tasks; stopped by {metrics['stopped_by']} after "
         f"{metrics['n_meta_updates']} of at most {metrics['max_meta_updates']} meta-updates")
     metrics["inputs"] = dataclasses.asdict(inputs)

@@ -56,6 +56,13 @@ def accuracy_ci(per_task_accuracy) -> dict:
     }
 
 
+def mse_ci(per_task_mse) -> dict:
+    """Mean squared error over tasks with the same normal 95% interval as :func:`accuracy_ci`."""
+    ci = accuracy_ci(per_task_mse)
+    return {"mse": ci["accuracy"], "mse_ci95_low": ci["ci95_low"], "mse_ci95_high": ci["ci95_high"],
+            "n_tasks": ci["n_tasks"]}
+
+
 def seed_ci(seed_means) -> dict:
     """Mean over seeds with a Student-t 95% interval over the seed means.
 

@@ -114,9 +114,16 @@ def build_network(
     in_channels: int = 1,
     padding: int = 1,
 ) -> nn.Module:
-    """Build ``conv3``, ``conv4`` or ``imaml4`` for inputs of shape (B, in_channels, H, W)."""
+    """Build ``conv3``, ``conv4`` or ``imaml4`` for inputs of shape (B, in_channels, H, W), or
+    ``mlp`` for points (B, in_channels) (`image_size` ()): the MAML paper's regression network,
+    two hidden ReLU layers of `hidden` units (40 there)."""
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; expected one of {NETWORKS}")
+    if name == "mlp":
+        return nn.Sequential(nn.Linear(in_channels, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                             nn.Linear(hidden, n_classes))
+    if not image_size:
+        raise ValueError(f"network {name!r} needs images; points (N, d) need network 'mlp'")
     if min(feature_side(name, side, padding) for side in image_size) < 1:
         raise ValueError(f"network {name!r} with padding {padding} has no feature map left on "
                          f"{image_size[0]}x{image_size[1]} images (padding 1 or larger images keep one)")

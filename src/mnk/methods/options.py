@@ -15,7 +15,7 @@ from typing import ClassVar, Mapping
 
 from mnk.infra.checks import is_bool, is_int, is_number, require
 
-NETWORKS = ("conv3", "conv4", "imaml4")  # built by mnk.methods.nets.build_network
+NETWORKS = ("conv3", "conv4", "imaml4", "mlp")  # built by mnk.methods.nets.build_network
 PADDINGS = (0, 1)  # zero padding of every 3x3 convolution: 0 ("valid", the original MAML net and encoder) or 1
 ENCODER_POOLING = ("flatten", "mean")  # the encoder's last feature map: flattened (the original) or averaged
 

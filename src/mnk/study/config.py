@@ -23,6 +23,7 @@ from mnk.kernels.options import KernelSection
 from mnk.methods.options import (OPTION_CLASSES, EncoderOptions, IMAMLOptions, MAMLOptions, MNKSection,
                                  options_from_config)
 from mnk.study.config_checks import ConfigError, config_problems, data_problems, list_path
+from mnk.tasks.sinusoid import SinusoidOptions
 from mnk.tasks.spec import TaskGrid
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -44,9 +45,15 @@ class StudyConfig:
     device: str = "auto"  # MAML, iMAML, MNK solves and the label encoder
     cuda: int = 12  # the CUDA build of the GPU conda envs
     test_tasks: dict | None = None  # the task list's shape (mnk.tasks.tasklist.task_list_shape)
+    sinusoid: SinusoidOptions | None = None  # with data.dataset: sinusoid (regression tasks)
 
     def __post_init__(self):
         require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
+
+    @property
+    def regression(self) -> bool:
+        """The sinusoid study: regression tasks, its own rules (workflow/rules/sinusoid.smk)."""
+        return self.sinusoid is not None
 
     def learner(self, method: str) -> MAMLOptions | IMAMLOptions:
         return getattr(self, method)
@@ -81,7 +88,7 @@ def parse_config(config: Mapping, workdir: str | Path = ".", environ: Mapping | 
     if schema is not None:
         validate_config(config, schema)
     problems = config_problems(config, Path(workdir))
-    if environ is not None:
+    if environ is not None and (config.get("data") or {}).get("dataset") != "sinusoid":  # nothing to fetch
         problems += data_problems(config.get("data") or {}, Path(workdir), environ)
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -112,6 +119,8 @@ def _sections(config: Mapping, workdir: Path) -> StudyConfig:
         device=config.get("device", "auto"),
         cuda=config.get("cuda", 12),
         test_tasks=shape,
+        sinusoid=(SinusoidOptions.from_section(config.get("sinusoid") or {})
+                  if (config.get("data") or {}).get("dataset") == "sinusoid" else None),
     )
 
 

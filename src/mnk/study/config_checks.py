@@ -32,9 +32,13 @@ class ConfigError(ValueError):
 def config_problems(config: dict, workdir: Path = Path(".")) -> list[str]:
     """Every problem the config alone decides (no data, no machine): the parse's checks."""
     tasks = config.get("tasks", {})
+    dataset = config.get("data", {}).get("dataset", "omniglot")
+    if dataset == "sinusoid":  # regression tasks: the tasks, kernel and encoder sections do not apply
+        return [*nan_problems(config), *mnk_problems(config.get("mnk", {}), tasks), *sinusoid_problems(config)]
     return [
         *nan_problems(config),
-        *task_problems(tasks, config.get("data", {}).get("dataset", "omniglot")),
+        *sinusoid_problems(config),
+        *task_problems(tasks, dataset),
         *task_list_problems(tasks, Path(workdir)),
         *kernel_problems(config.get("kernel", {})),
         *kernel_source_problems(config),
@@ -174,6 +178,28 @@ def mnk_problems(mnk: dict, tasks: dict) -> list[str]:
         if 0 in r2:
             problems.append("mnk.solver 'lowrank' needs every mnk.grid.r2 > 0: Phi[train, train] has "
                             "rank <= the number of images")
+    return problems
+
+
+def sinusoid_problems(config: dict) -> list[str]:
+    """Regression tasks need the points network (mlp) and the sinusoid options; images need a conv net."""
+    from mnk.tasks.sinusoid import SinusoidOptions
+
+    regression = config.get("data", {}).get("dataset", "omniglot") == "sinusoid"
+    problems = []
+    if regression:
+        try:
+            SinusoidOptions.from_section(config.get("sinusoid") or {})
+        except (TypeError, ValueError) as error:
+            problems.append(str(error))
+    for method, cls in OPTION_CLASSES.items():
+        section = config.get(method) or {}
+        network = (section.get("options") or {}).get("network", cls.network)
+        if section.get("enabled", True) and (network == "mlp") != regression:
+            problems.append(f"{method}.options.network {network!r} " + (
+                "cannot read the points of regression tasks (data.dataset sinusoid): use mlp" if regression else
+                f"takes points, not the images of data.dataset {config.get('data', {}).get('dataset', 'omniglot')!r}: "
+                "use conv3, conv4 or imaml4"))
     return problems
 
 

@@ -23,7 +23,8 @@ META_ITERATIONS_PER_SECOND = {"maml": 25.0, "imaml": 5.0}  # H200, vmap (BENCHMA
 
 def meta_updates(study: StudyConfig, method: str, exp: str) -> int:
     """Meta-updates of one MAML/iMAML run (its options' budget for the experiment)."""
-    return study.learner(method).n_updates(parse_experiment(exp)["n_characters"])
+    settings = parse_experiment(exp)
+    return study.learner(method).n_updates(settings.get("n_characters", settings.get("n_train_tasks")))
 
 
 def meta_learner_hours(study: StudyConfig, method: str) -> float:

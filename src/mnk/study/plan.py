@@ -154,12 +154,27 @@ def _chunks(start: int, stop: int, size: int) -> list[tuple[int, int]]:
 
 
 def experiment_ids(study: StudyConfig) -> list[str]:
+    if study.regression:
+        return study.sinusoid.experiment_ids()
     grid = study.tasks
     return [f"{w}way{s}shot-{n}char-seed{seed}" for w in grid.way for s in grid.shot
             for n in grid.n_characters for seed in grid.seeds]
 
 
+def experiment_pattern(study: StudyConfig) -> str:
+    """The `exp` wildcard's pattern: the classification grid's ids, or the sinusoid study's."""
+    from mnk.tasks.sinusoid import EXPERIMENT_PATTERN as SINUSOID_PATTERN
+
+    return SINUSOID_PATTERN if study.regression else EXPERIMENT_PATTERN
+
+
 def parse_experiment(exp: str) -> dict:
+    """An experiment id's settings (way, shot, n_characters, seed; a sinusoid one's shot,
+    n_train_tasks, seed)."""
+    from mnk.tasks.sinusoid import parse_sinusoid_experiment
+
+    if exp.startswith("sinusoid-"):
+        return parse_sinusoid_experiment(exp)
     match = re.fullmatch(EXPERIMENT_PATTERN, exp)
     if match is None:
         raise ValueError(f"not an experiment id: {exp!r}")
@@ -168,7 +183,9 @@ def parse_experiment(exp: str) -> dict:
 
 
 def pools(study: StudyConfig) -> dict[str, PoolPlan]:
-    """Every image pool of the study, by name."""
+    """Every image pool of the study, by name (none for regression tasks)."""
+    if study.regression:
+        return {}
     t = study.tasks
     chars = tuple(sorted(set(t.n_characters)))
     plans = [PoolPlan(w, s, seed, t.query, chars, t.n_val_tasks, t.n_test_tasks, study.kernel.block_size)
@@ -217,7 +234,7 @@ def kernel_identity(study: StudyConfig) -> dict:
     kernel["image_size"] = study.kernel_image_size
     kernel["source"] = study.kernel_source
     data = {"image_size": study.data.image_size, "resample": study.data.resample}
-    if study.data.dataset != "omniglot":  # (Omniglot identities stay as they were)
+    if study.data.dataset == "folder":  # (Omniglot identities stay as they were)
         data.update(dataset=study.data.dataset, folder=study.data.params()["folder"])
     identity = {"kernel": kernel, "data": data}
     if study.test_tasks:  # the list's images have no global ids: its identity tells them apart

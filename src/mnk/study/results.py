@@ -123,17 +123,22 @@ def per_task_table(metrics_paths) -> tuple[pd.DataFrame, list[str]]:
     return frame.sort_values(["method", "way", "shot", "n_characters", "seed", "task"], ignore_index=True), lacking
 
 
-def _seed_differences(ref: pd.DataFrame, other: pd.DataFrame, what: str) -> np.ndarray:
+def _seed_differences(ref: pd.DataFrame, other: pd.DataFrame, what: str, score: str = "accuracy") -> np.ndarray:
     ids = set(ref["test_tasks_id"]), set(other["test_tasks_id"])
     if ids[0] != ids[1] or len(ref) != len(other):
         raise ValueError(f"cannot pair {what}: test tasks differ (test_tasks_id {sorted(ids[0])} vs "
                          f"{sorted(ids[1])}, {len(ref)} vs {len(other)} tasks)")
-    return ref.sort_values("task")["accuracy"].to_numpy() - other.sort_values("task")["accuracy"].to_numpy()
+    return ref.sort_values("task")[score].to_numpy() - other.sort_values("task")[score].to_numpy()
 
 
-def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
-    """Per-test-task differences reference - baseline, seeds pooled, mean and 95% CI; and the
-    t interval over the seeds' mean differences (training variance included: `seeds_ci95_*`).
+OMNIGLOT_SETTING = ("way", "shot", "n_characters")
+
+
+def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE, score: str = "accuracy",
+                       setting: tuple[str, ...] = OMNIGLOT_SETTING) -> pd.DataFrame:
+    """Per-test-task differences reference - baseline of `score`, seeds pooled, mean and 95% CI
+    per `setting` (the grouping columns); and the t interval over the seeds' mean differences
+    (training variance included: `seeds_ci95_*`).
 
     Pairs only experiments present for both methods, and refuses (ValueError) a pair whose
     test tasks differ (test_tasks_id or count). The interval is mnk.methods.metrics.accuracy_ci's
@@ -142,8 +147,10 @@ def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE) -> pd
     from mnk.methods.metrics import accuracy_ci, seed_ci
 
     rows = []
-    for (way, shot, chars), group in per_task.groupby(["way", "shot", "n_characters"], sort=True):
+    for values, group in per_task.groupby(list(setting), sort=True):
         ref = group[group["method"] == reference]
+        where = ("{}-way {}-shot {} characters".format(*values) if setting == OMNIGLOT_SETTING
+                 else " ".join(f"{name} {value}" for name, value in zip(setting, values)))
         for baseline in sorted(set(group["method"]) - {reference}):
             other = group[group["method"] == baseline]
             seeds = sorted(set(ref["seed"]) & set(other["seed"]))
@@ -151,15 +158,16 @@ def paired_differences(per_task: pd.DataFrame, reference: str = REFERENCE) -> pd
                 continue
             by_seed = [
                 _seed_differences(ref[ref["seed"] == seed], other[other["seed"] == seed],
-                                  f"{reference} and {baseline} at {way}-way {shot}-shot {chars} characters seed {seed}")
+                                  f"{reference} and {baseline} at {where} seed {seed}", score)
                 for seed in seeds]
             ci = accuracy_ci(np.concatenate(by_seed))
             over_seeds = seed_ci([d.mean() for d in by_seed])
-            rows.append({"method": reference, "baseline": baseline, "way": way, "shot": shot, "n_characters": chars,
+            rows.append({"method": reference, "baseline": baseline, **dict(zip(setting, values)),
                          "n_test_tasks": ci["n_tasks"], "mean_difference": ci["accuracy"],
                          "ci95_low": ci["ci95_low"], "ci95_high": ci["ci95_high"], "n_seeds": over_seeds["n_seeds"],
                          "seeds_ci95_low": over_seeds["ci95_low"], "seeds_ci95_high": over_seeds["ci95_high"]})
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    columns = ["method", "baseline", *setting, *PAIRED_COLUMNS[5:]]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _kernel_label(kernel: dict) -> str:
