@@ -35,7 +35,9 @@ plan.check_plan_size(POOLS)
 # The test-task list (tasks.test_tasks), checked: its shape and id; None without one.
 TEST_TASKS = STUDY.test_tasks
 # Baselines without meta-learning: always run (they reuse the kernel and the encoder).
-BASELINES = ["kernel_regression"] if STUDY.regression else ["kernel_regression", "prototypes"]
+BASELINES = (
+    ["kernel_regression"] if STUDY.regression else ["kernel_regression", "prototypes"]
+)
 METHODS = ["mnk", *BASELINES, *STUDY.enabled]
 KERNEL_IDENTITY = plan.kernel_identity(STUDY)
 # Torch threads of each rule's job: a fixed number, given as a param too, so that the

@@ -2,6 +2,10 @@
 # folder (preprocess); then each experiment's tasks.
 
 
+localrules:
+    download_omniglot,
+
+
 # No `retries:` here: download_archive retries transient network errors itself and fails at
 # once, pointing at the mirror options, when the machine is offline.
 rule download_omniglot:

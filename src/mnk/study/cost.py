@@ -63,6 +63,12 @@ def per_experiment_pairs(study: StudyConfig) -> int:
 
 
 def cost_lines(study: StudyConfig) -> list[str]:
+    if study.regression:
+        return [f"{len(experiment_ids(study))} sinusoid experiments: no kernel blocks (solve_sinusoid computes "
+                "the NTK of each experiment's points itself, seconds)",
+                "MAML / iMAML on points: 6-60 CPU-seconds per run to the validation plateau on the 2-core VM "
+                "(BENCHMARKS.md, sinusoid)",
+                "total kernel pairs: 0"]
     plans = pools(study)
     stages = dict.fromkeys(STAGES, 0)
     for plan in plans.values():
@@ -103,12 +109,23 @@ def main(argv=None) -> None:
     print("\n".join(cost_lines(load_config(args.config))))
 
 
+def _merged(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, nested sections merged key by key (Snakemake's --configfile)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
 def load_config(path) -> StudyConfig:
-    """A config file, with the schema's defaults where Snakemake is at hand, parsed."""
+    """A config file merged onto config/config.yaml as `make run CONFIG=` does (--configfile),
+    with the schema's defaults where Snakemake is at hand, parsed."""
     import yaml
 
-    with open(path) as f:
+    with open(SCHEMA.parents[2] / "config" / "config.yaml") as f:
         config = yaml.safe_load(f)
+    with open(path) as f:
+        config = _merged(config, yaml.safe_load(f) or {})
     try:
         import jsonschema  # noqa: F401
     except ImportError:  # `make cost` needs no venv: the config files give every key
