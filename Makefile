@@ -62,7 +62,7 @@ verify: venv
 
 # The README's results table, generated from the committed docs/results/default_summary.csv.
 readme-tables: venv
-	PYTHONPATH=src $(BIN)/python -m mnk.study.verify readme README.md --write
+	PYTHONPATH=src $(BIN)/python -m mnk.study.verify readme README.md --sinusoid docs/results/sinusoid_summary.csv --write
 
 dry-run: venv
 	$(BIN)/snakemake --dry-run $(SNAKEMAKE_ARGS)
