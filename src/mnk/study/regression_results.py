@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from mnk.infra.io import load_json
-from mnk.study.results import (METHOD_LABELS, _color, _dodge, _log_axis, _methods, _ordered_legend, _save,
-                               _style, paired_differences)
+from mnk.study.results import (METHOD_LABELS, _characters_axis, _color, _dodge, _log_axis, _methods,
+                               _ordered_legend, _save, _style, paired_differences)
 
 SETTING = ("shot", "n_train_tasks")
 SUMMARY_COLUMNS = [
@@ -98,7 +98,8 @@ def plot_mse(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> None:
             color, seeds = _color(method, i), rows[rows["method"] == method]
             ax.scatter(_dodge(i, len(methods), seeds["n_train_tasks"].to_numpy(float)), seeds["mse"], s=14,
                        color=color, alpha=0.55, linewidths=0)
-            cis = {n: accuracy_ci(g.to_numpy()) for n, g in tasks[tasks["method"] == method].groupby("n_train_tasks")["mse"]}
+            pooled = tasks[tasks["method"] == method].groupby("n_train_tasks")["mse"]
+            cis = {n: accuracy_ci(g.to_numpy()) for n, g in pooled}
             x = np.array(sorted(cis), dtype=float)
             mean = np.array([cis[n]["accuracy"] for n in sorted(cis)])
             err = np.array([[m - cis[n]["ci95_low"], cis[n]["ci95_high"] - m] for n, m in zip(sorted(cis), mean)]).T
@@ -106,10 +107,7 @@ def plot_mse(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> None:
                         label=METHOD_LABELS.get(method, method))
         ax.set_yscale("log")  # MSEs of the methods differ by factors
         _log_axis(ax.yaxis)
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(rows["n_train_tasks"].unique()))
-        ax.set_xticklabels([str(n) for n in sorted(rows["n_train_tasks"].unique())])
-        ax.minorticks_off()
+        _characters_axis(ax, sorted(rows["n_train_tasks"].unique()))  # log x, one tick per size
         ax.set(xlabel="training tasks", ylabel="test MSE (lower is better)", title=f"sinusoid, K = {shot}")
     _ordered_legend(axes[0][-1])
     fig.suptitle("Sinusoid regression: mean test MSE over the test tasks of all seeds; capped bars: per-task 95% CI; "

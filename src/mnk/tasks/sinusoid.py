@@ -104,7 +104,8 @@ def _draw(options: SinusoidOptions, seed: int, set_name: str, n_tasks: int):
     rng = np.random.default_rng([seed, _STREAMS[set_name]])
     draws = rng.uniform(size=(n_tasks, 2 + options.points_per_task))  # one row per task, in order
     scale = lambda u, low_high: low_high[0] + (low_high[1] - low_high[0]) * u  # noqa: E731
-    return scale(draws[:, 0], options.amplitude), scale(draws[:, 1], options.phase), scale(draws[:, 2:], options.x_range)
+    return (scale(draws[:, 0], options.amplitude), scale(draws[:, 1], options.phase),
+            scale(draws[:, 2:], options.x_range))
 
 
 def experiment_tasks(options: SinusoidOptions, *, shot: int, n_train_tasks: int, seed: int) -> dict:
