@@ -273,8 +273,8 @@ def plot_accuracy(summary: pd.DataFrame, per_task: pd.DataFrame, png, pdf) -> No
         _percent_axis(ax)
         ax.set(xlabel="training characters", ylabel="test accuracy", title=f"{way}-way {shot}-shot")
     _ordered_legend(axes[0][-1])
-    fig.suptitle("Omniglot test accuracy: mean over test tasks (all seeds); capped bars: per-task 95% CI; "
-                 "thin lines: 95% CI over seeds (training variance and test tasks); dots: seeds", y=1.02)
+    fig.suptitle("Omniglot test accuracy: mean over test tasks (all seeds); capped bars: per-task 95% CI;\n"
+                 "thin lines: 95% CI over seeds (training variance and test tasks); dots: seeds", y=1.07)
     _save(fig, png, pdf)
     plt.close(fig)
 
@@ -318,8 +318,8 @@ def plot_paired(paired: pd.DataFrame, png, pdf) -> None:
                title=f"{way}-way {shot}-shot" if way else "no pairs")
     if baselines:
         _ordered_legend(axes[0][-1])
-    fig.suptitle("Paired differences on the same test tasks; capped bars: per-task 95% CI (seeds pooled); "
-                 "thin lines: 95% CI over seeds; above 0: MNK better", y=1.02)
+    fig.suptitle("Paired differences on the same test tasks; capped bars: per-task 95% CI (seeds pooled);\n"
+                 "thin lines: 95% CI over seeds; above 0: MNK better", y=1.07)
     _save(fig, png, pdf)
     plt.close(fig)
 
@@ -345,22 +345,28 @@ def _log_axis(axis, values=None) -> None:
 
 def plot_cost(summary: pd.DataFrame, png, pdf) -> None:
     """Measured CPU time of each method (its kernel share, encoder and solve, or its training)
-    against training tasks (log-log)."""
+    against training characters, per (way, shot) (log-log; the x labels give the MNK's
+    training tasks too)."""
     _style()
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for i, method in enumerate(_methods(summary)):
-        mean = summary[summary["method"] == method].groupby("n_train_tasks")["cpu_seconds"].mean().dropna()
-        if mean.empty:
-            continue
-        ax.plot(mean.index, mean.to_numpy(), "-", marker="o", ms=4, color=_color(method, i),
-                label=METHOD_LABELS.get(method, method))
-    ax.set(xscale="log", yscale="log", xlabel="training tasks", ylabel="CPU seconds per experiment",
-           title="Compute per experiment, measured (mean over seeds)")
-    _log_axis(ax.xaxis, summary["n_train_tasks"].to_numpy(float))
-    _log_axis(ax.yaxis)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    settings = _settings(summary)
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.5), squeeze=False)
+    for ax, (way, shot) in zip(axes[0], settings):
+        rows = summary[(summary["way"] == way) & (summary["shot"] == shot)]
+        for i, method in enumerate(_methods(rows)):
+            mean = rows[rows["method"] == method].groupby("n_characters")["cpu_seconds"].mean().dropna()
+            if len(mean):
+                ax.plot(mean.index, mean.to_numpy(), "-", marker="o", ms=4, color=_color(method, i),
+                        label=METHOD_LABELS.get(method, method))
+        tasks = rows.groupby("n_characters")["n_train_tasks"].first()
+        ax.set(yscale="log", xlabel="training characters (training tasks)", ylabel="CPU seconds per experiment",
+               title=f"{way}-way {shot}-shot")
+        _characters_axis(ax, list(tasks.index))
+        ax.set_xticklabels([f"{c}\n({t})" for c, t in tasks.items()])
+        _log_axis(ax.yaxis)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle("Compute per experiment, measured (mean over seeds)", y=1.02)
     _save(fig, png, pdf)
     plt.close(fig)
 
